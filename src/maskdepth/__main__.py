@@ -1,0 +1,3 @@
+from maskdepth.cli import main
+
+raise SystemExit(main())

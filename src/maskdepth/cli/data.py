@@ -1,0 +1,7 @@
+"""`maskdepth data` commands."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    pass

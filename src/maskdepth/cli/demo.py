@@ -1,0 +1,7 @@
+"""`maskdepth demo` commands."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    pass

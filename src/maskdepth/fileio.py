@@ -1,0 +1,110 @@
+"""Writes that never leave half a file, an output-folder guard, and image reading that fails in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from maskdepth.errors import UserError
+
+# Larger images are refused before decoding (decompression bombs); 64 Mpx is well above any camera frame we need.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`, else removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def prepare_output_dir(path: str | os.PathLike, force: bool, owned_by: str, what: str = "output") -> Path:
+    """Make `path` ready to write into.
+
+    An empty or missing folder is fine; so is one that holds the marker file `owned_by` (our own earlier output,
+    which the caller resumes or replaces). A folder with anything else is refused unless `force`, in which case
+    it is emptied. Nothing the user made is removed without --force.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file, not a folder; choose another {what} path")
+    if path.is_dir():
+        entries = [p for p in path.iterdir()]
+        if entries and not (path / owned_by).exists():
+            if not force:
+                raise UserError(
+                    f"{path}: folder is not empty and is not a maskdepth {what}; "
+                    f"choose an empty or new folder, or pass --force to replace its contents"
+                )
+            for p in entries:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found; check the path")
+    if not path.is_file():
+        raise UserError(f"{path}: is not a file; give the path of a {what}")
+    return path
+
+
+def open_image(path: str | os.PathLike):
+    """Open an image with Pillow, refusing unreadable files and decompression bombs with one clear line."""
+    from PIL import Image
+
+    path = require_file(path, "image")
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        img = Image.open(path)
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise UserError(
+                f"{path}: image is {img.width}x{img.height}, larger than the {MAX_IMAGE_PIXELS:,}-pixel limit; "
+                "downscale it first"
+            )
+        img.load()
+    except UserError:
+        raise
+    except Image.DecompressionBombError:
+        raise UserError(
+            f"{path}: image is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb guard); "
+            "downscale it first"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: cannot read image ({e}); replace or remove the file") from None
+    return img
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """(H,W,3) uint8 from any image file (grayscale, RGBA and 16-bit are converted)."""
+    from maskdepth.codecs import to_rgb_uint8
+
+    return to_rgb_uint8(open_image(path))
