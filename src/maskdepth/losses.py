@@ -1,0 +1,163 @@
+"""Training losses: BCE, soft Dice, SSIM, L1, smooth L1, image-gradient loss, and their configured combination.
+
+Every function computes in float32 (bf16 / fp16 inputs are cast up) and takes an optional `valid` map
+(N,1,H,W), 1 where the pixel counts: the result is the mean over valid pixels, and 0 (not NaN) when none is
+valid. Depth terms are meant for depth / depth_max, i.e. values in [0, 1], which SSIM's constants assume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import spatial_gradient
+from kornia.metrics import ssim as ssim_map
+from torch import Tensor, nn
+
+from maskdepth.errors import UserError
+
+SSIM_WINDOW = 11  # Gaussian window, sigma 1.5 (kornia's fixed sigma): the SSIM paper's and the seeds' choice
+
+
+def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of `values` over pixels where `valid` is 1; 0 when there are none (so the loss stays finite)."""
+    if valid is None:
+        return values.mean()
+    valid = valid.float().expand_as(values)
+    return (values * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def _fill_invalid(pred: Tensor, target: Tensor, valid: Tensor | None) -> Tensor:
+    """Prediction with the target's value where depth is unknown, so windowed terms (SSIM, gradients)
+    see no difference there and send no gradient into pixels that have no ground truth."""
+    if valid is None:
+        return pred
+    return torch.where(valid > 0.5, pred, target)
+
+
+def bce_loss(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy on logits against a soft target in [0, 1]."""
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return masked_mean(per_pixel, valid)
+
+
+def dice_loss(logits: Tensor, target: Tensor, valid: Tensor | None = None, smooth: float = 1.0) -> Tensor:
+    """Soft Dice loss, 1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s), per image then averaged over the batch.
+
+    `smooth` keeps an image with an empty target finite and rewards predicting it empty."""
+    prob, target = torch.sigmoid(logits.float()), target.float()
+    if valid is not None:
+        prob, target = prob * valid, target * valid
+    dims = tuple(range(1, prob.dim()))
+    inter = (prob * target).sum(dims)
+    total = prob.sum(dims) + target.sum(dims)
+    return (1.0 - (2.0 * inter + smooth) / (total + smooth)).mean()
+
+
+def ssim_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Structural dissimilarity clamp((1 - SSIM) / 2, 0, 1) (DenseDepth's form), for images in [0, 1]."""
+    pred, target = pred.float(), target.float()
+    pred = _fill_invalid(pred, target, valid)
+    per_pixel = ((1.0 - ssim_map(pred, target, SSIM_WINDOW, max_val=1.0)) / 2).clamp(0.0, 1.0)
+    return masked_mean(per_pixel, valid)
+
+
+def l1_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean absolute error."""
+    return masked_mean((pred.float() - target.float()).abs(), valid)
+
+
+def smooth_l1_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None, beta: float = 0.1) -> Tensor:
+    """Huber-style smooth L1. beta = 0.1 rather than torch's 1.0: on depth / depth_max every error is below 1,
+    where beta = 1.0 would make the loss plain halved MSE."""
+    per_pixel = F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=beta)
+    return masked_mean(per_pixel, valid)
+
+
+def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Edge loss: |d/dx pred - d/dx target| + |d/dy pred - d/dy target| with normalised Sobel gradients."""
+    pred, target = pred.float(), target.float()
+    pred = _fill_invalid(pred, target, valid)
+    diff = (spatial_gradient(pred, mode="sobel") - spatial_gradient(target, mode="sobel")).abs().sum(2)
+    return masked_mean(diff, valid)
+
+
+@dataclass
+class LossWeights:
+    """The config section [loss]; field names are the config keys.
+
+    Defaults: the seeds' BCE + Dice for the mask, DenseDepth's 0.1 L1 + SSIM + gradient for the depth.
+    mask_weight and depth_weight balance the two heads (the seeds' w1 and w2)."""
+
+    bce: float = 1.0
+    dice: float = 1.0
+    mask_ssim: float = 0.0
+    depth_l1: float = 0.1
+    depth_smooth_l1: float = 0.0
+    depth_ssim: float = 1.0
+    depth_grad: float = 1.0
+    mask_weight: float = 1.0
+    depth_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise UserError(f"[loss] {f.name} = {value!r} is not a usable weight: "
+                                "give a finite number >= 0")
+            setattr(self, f.name, float(value))
+        mask_on = self.mask_weight > 0 and self.bce + self.dice + self.mask_ssim > 0
+        depth_on = self.depth_weight > 0 and (self.depth_l1 + self.depth_smooth_l1 + self.depth_ssim
+                                              + self.depth_grad) > 0
+        if not (mask_on or depth_on):
+            raise UserError("[loss] every weight is 0, so nothing would be trained: give at least one "
+                            "mask or depth term a weight > 0")
+
+
+MASK_TERMS = ("bce", "dice", "mask_ssim")
+DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad")
+
+
+class CombinedLoss(nn.Module):
+    """mask_weight * (weighted mask terms) + depth_weight * (weighted depth terms on depth / depth_max,
+    masked by depth_valid). Terms with weight 0 (or whose head has weight 0) are not computed."""
+
+    def __init__(self, weights: LossWeights, depth_max: float):
+        super().__init__()
+        if not (math.isfinite(depth_max) and depth_max > 0):
+            raise UserError(f"depth_max = {depth_max!r} must be a finite number > 0: set it to the dataset's "
+                            "largest depth")
+        self.weights = weights
+        self.depth_max = float(depth_max)
+
+    def forward(self, mask_logits: Tensor, depth: Tensor, batch: dict[str, Tensor]
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and each term's unweighted value (detached), plus the weighted "mask", "depth", "total"."""
+        w = self.weights
+        # Losses run in float32 even inside a bf16 autocast region (SSIM moments and gradients need it).
+        with torch.autocast(device_type=mask_logits.device.type, enabled=False):
+            target_mask = batch["mask"]
+            valid = batch["depth_valid"]
+            pred_d = depth.float() / self.depth_max
+            target_d = batch["depth"].float() / self.depth_max
+            compute = {
+                "bce": lambda: bce_loss(mask_logits, target_mask),
+                "dice": lambda: dice_loss(mask_logits, target_mask),
+                "mask_ssim": lambda: ssim_loss(torch.sigmoid(mask_logits.float()), target_mask),
+                "depth_l1": lambda: l1_loss(pred_d, target_d, valid),
+                "depth_smooth_l1": lambda: smooth_l1_loss(pred_d, target_d, valid),
+                "depth_ssim": lambda: ssim_loss(pred_d, target_d, valid),
+                "depth_grad": lambda: gradient_loss(pred_d, target_d, valid),
+            }
+            head_on = {n: w.mask_weight > 0 for n in MASK_TERMS} | {n: w.depth_weight > 0 for n in DEPTH_TERMS}
+            terms = {name: fn() for name, fn in compute.items() if head_on[name] and getattr(w, name) > 0}
+            zero = mask_logits.new_zeros((), dtype=torch.float32)
+            mask = sum((getattr(w, n) * terms[n] for n in MASK_TERMS if n in terms), zero)
+            depth_total = sum((getattr(w, n) * terms[n] for n in DEPTH_TERMS if n in terms), zero)
+            total = w.mask_weight * mask + w.depth_weight * depth_total
+        log = {name: value.detach() for name, value in terms.items()}
+        log.update(mask=mask.detach(), depth=depth_total.detach(), total=total.detach())
+        return total, log
