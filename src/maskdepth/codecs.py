@@ -13,7 +13,7 @@ PNG_LEVEL = 1
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format="JPEG", quality=quality)
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -21,9 +21,8 @@ def encode_png(arr: np.ndarray) -> bytes:
     """PNG of an (H,W) uint8, (H,W,3) uint8, (H,W,4) uint8 or (H,W) uint16 array."""
     arr = np.ascontiguousarray(arr)
     if arr.dtype == np.uint16:
-        img = Image.fromarray(arr.astype("<u2", copy=False), "I;16")
-    else:
-        img = Image.fromarray(arr)
+        arr = arr.astype("<u2", copy=False)  # Pillow maps little-endian uint16 to mode I;16
+    img = Image.fromarray(arr)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
