@@ -169,3 +169,16 @@ def test_bad_weights_and_depth_max_are_user_errors():
         LossWeights(mask_weight=0.0, depth_weight=0.0)
     with pytest.raises(UserError, match="depth_max"):
         CombinedLoss(LossWeights(), 0.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_autocast_matches_cpu():
+    logits, depth, batch = make_batch(9)
+    loss = CombinedLoss(LossWeights(mask_ssim=1.0, depth_smooth_l1=1.0), DEPTH_MAX)
+    _, cpu = loss(logits, depth, batch)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, gpu = loss(logits.cuda().bfloat16(), depth.cuda().bfloat16(), {k: v.cuda() for k, v in batch.items()})
+    for name, value in cpu.items():
+        assert gpu[name].dtype == torch.float32
+        assert gpu[name].item() == pytest.approx(value.item(), rel=0.02, abs=1e-3), name
