@@ -1,0 +1,179 @@
+"""Depth teacher: a tiny network built here, exported to ONNX and TorchScript, used as the user's model."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from maskdepth.data.teacher import MIN_RELATIVE, DepthTeacher, TeacherSettings, load_settings
+from maskdepth.errors import UserError
+
+
+class TinyDepth(nn.Module):
+    """A few convolutions with a positive output, like a small monocular depth network."""
+
+    def __init__(self, out_channels: int = 1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                                 nn.ReLU(), nn.Conv2d(8, out_channels, 3, padding=1))
+
+    def forward(self, x):
+        y = nn.functional.softplus(self.net(x)) + 0.1
+        return nn.functional.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class Constant(nn.Module):
+    """Outputs `value` everywhere: makes the unit conversions checkable exactly."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return x[:, :1] * 0.0 + self.value
+
+
+def export_onnx(model: nn.Module, path, size=(32, 32), dynamic=True):
+    x = torch.rand(1, 3, *size)
+    axes = {"image": {0: "n", 2: "h", 3: "w"}, "depth": {0: "n", 2: "h", 3: "w"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(path), input_names=["image"], output_names=["depth"],
+                          dynamic_axes=axes, dynamo=False)
+    return path
+
+
+def export_torchscript(model: nn.Module, path, size=(32, 32)):
+    torch.jit.save(torch.jit.trace(model.eval(), torch.rand(1, 3, *size)), str(path))
+    return path
+
+
+def photos(n: int, size=(40, 56), seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teachers")
+    return {"onnx": export_onnx(TinyDepth(), d / "tiny.onnx"),
+            "torchscript": export_torchscript(TinyDepth(), d / "tiny.pt")}
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_relative_depth_shapes_and_range(models, kind):
+    teacher = DepthTeacher.from_path(models[kind], input_size=(32, 32), batch_size=2)
+    ims = photos(3) + photos(1, size=(24, 30))
+    out = teacher.predict(ims)
+    assert [d.shape for d in out] == [im.shape[:2] for im in ims]
+    assert teacher.unit == "relative" and teacher.computed == 4
+    for d in out:
+        assert d.dtype == np.float32
+        assert d.max() == pytest.approx(1.0) and d.min() >= MIN_RELATIVE
+
+
+def test_onnx_and_torchscript_agree(models):
+    ims = photos(2)
+    a = DepthTeacher.from_path(models["onnx"]).predict(ims)
+    b = DepthTeacher.from_path(models["torchscript"]).predict(ims)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_own_size_input_batches_by_size(models):
+    teacher = DepthTeacher.from_path(models["onnx"], batch_size=8)  # no input_size: each picture's own
+    ims = photos(2, size=(32, 48)) + photos(1, size=(40, 40))
+    assert [d.shape for d in teacher.predict(ims)] == [(32, 48), (32, 48), (40, 40)]
+
+
+@pytest.mark.parametrize("output,scale,value,expect", [("disparity", 4.0, 2.0, 2.0), ("depth", 0.5, 2.0, 1.0)])
+def test_metric_conversion(tmp_path, output, scale, value, expect):
+    path = export_onnx(Constant(value), tmp_path / "c.onnx")
+    teacher = DepthTeacher.from_path(path, unit="metres", output=output, scale=scale)
+    (d,) = teacher.predict(photos(1))
+    assert teacher.unit == "metres"
+    np.testing.assert_allclose(d, expect, rtol=1e-6)
+
+
+def test_relative_disparity_becomes_depth(tmp_path):
+    """Near (large disparity) must come out small: depth = 1/disparity, normalised to max 1."""
+    class Ramp(nn.Module):  # disparity grows downwards: lower rows are nearer
+        def forward(self, x):
+            rows = torch.arange(x.shape[2], dtype=x.dtype).view(1, 1, -1, 1) + 1.0
+            return x[:, :1] * 0.0 + rows
+    path = export_torchscript(Ramp(), tmp_path / "ramp.pt")
+    (d,) = DepthTeacher.from_path(path, output="disparity").predict(photos(1, size=(20, 8)))
+    assert d[0, 0] == pytest.approx(1.0) and d[-1, 0] == pytest.approx(1 / 20)
+    assert np.all(np.diff(d[:, 0]) < 0)
+
+
+def test_cache_hits_on_second_run(models, tmp_path):
+    ims = photos(3)
+    first = DepthTeacher.from_path(models["onnx"], cache_dir=tmp_path / "cache", input_size=(32, 32))
+    a = first.predict(ims)
+    again = DepthTeacher.from_path(models["onnx"], cache_dir=tmp_path / "cache", input_size=(32, 32))
+    b = again.predict(ims)
+    assert first.computed == 3 and again.computed == 0
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    other = DepthTeacher.from_path(models["onnx"], cache_dir=tmp_path / "cache", input_size=(16, 16))
+    other.predict(ims[:1])
+    assert other.computed == 1 and other.fingerprint != first.fingerprint
+
+
+def test_settings_from_json_beside_model(models, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(models["onnx"].read_bytes())
+    (tmp_path / "m.json").write_text(json.dumps({"input_size": [24, 24], "input_range": "0-255",
+                                                 "mean": [127, 127, 127], "std": [64, 64, 64]}))
+    s = load_settings(path, batch_size=3)
+    assert s == TeacherSettings(input_size=(24, 24), input_range="0-255", mean=(127, 127, 127),
+                                std=(64, 64, 64), batch_size=3)
+    assert load_settings(path, input_size=(16, 16)).input_size == (16, 16)  # flags win
+    (tmp_path / "m.json").write_text(json.dumps({"inputsize": [24, 24]}))
+    with pytest.raises(UserError, match=r"m\.json.*inputsize"):
+        load_settings(path)
+    (tmp_path / "m.json").write_text(json.dumps({"output": "inverse"}))
+    with pytest.raises(UserError, match="output must be one of"):
+        load_settings(path)
+
+
+def test_static_input_size_from_onnx(tmp_path):
+    path = export_onnx(TinyDepth(), tmp_path / "static.onnx", size=(32, 32), dynamic=False)
+    teacher = DepthTeacher.from_path(path)
+    assert teacher.settings.input_size == (32, 32) and teacher.batch_size == 1
+    assert [d.shape for d in teacher.predict(photos(2))] == [(40, 56), (40, 56)]
+    with pytest.raises(UserError, match="fixed input of 32x32"):
+        DepthTeacher.from_path(path, input_size=(64, 64))
+
+
+def test_bad_model_files(tmp_path):
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    with pytest.raises(UserError, match="notes.onnx: not a usable ONNX model"):
+        DepthTeacher.from_path(text)
+    state = tmp_path / "weights.pt"
+    torch.save(TinyDepth().state_dict(), state)
+    with pytest.raises(UserError, match="weights.pt: not a TorchScript file"):
+        DepthTeacher.from_path(state)
+    with pytest.raises(UserError, match="not found"):
+        DepthTeacher.from_path(tmp_path / "missing.onnx")
+
+
+def test_wrong_output_shape_and_failing_input(tmp_path):
+    two = export_onnx(TinyDepth(out_channels=2), tmp_path / "two.onnx")
+    with pytest.raises(UserError, match=r"two.onnx: the model returned shape \[1, 2, 40, 56\]"):
+        DepthTeacher.from_path(two).predict(photos(1))
+    # a traced network with a fixed reshape fails on any other size: one line naming the file
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x[:, :1].reshape(1, 1, 32, 32)
+    fixed = export_torchscript(Fixed(), tmp_path / "fixed.pt")
+    with pytest.raises(UserError, match=r"fixed.pt: the model failed on an input of shape \[1, 3, 40, 56\]"):
+        DepthTeacher.from_path(fixed).predict(photos(1))
