@@ -1,0 +1,375 @@
+"""Using a trained model: `load_model(path).predict(bg, image)` and the seed-style `predict_images`.
+
+The model was trained on frames of `train_size` pixels, so by default a pair is resampled (aspect ratio kept) to a
+working size of about that many pixels, run, and the outputs are resampled back to the input's size: the mask
+probability and the depth bilinearly, the binary mask thresholded afterwards. `native=True` runs at the input size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskdepth.errors import UserError
+from maskdepth.progress import Progress
+
+# Working size for a checkpoint whose header does not say what size it was trained at.
+DEFAULT_TRAIN_SIZE = (192, 192)
+# Working sides are rounded to a multiple of this; the model pads to its own stride, and rounding to that (often
+# 32) would distort the aspect ratio at training sizes like 192.
+SIDE_MULTIPLE = 8
+# Where the shipped default weights and their card live inside the package.
+DEFAULT_WEIGHTS = "weights/default.safetensors"
+DEFAULT_CARD = "weights/default.json"
+
+ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]  # noqa: F821 (PIL imported lazily)
+
+
+@dataclass
+class Prediction:
+    """One pair's result at the input's size."""
+
+    mask_prob: np.ndarray  # (H,W) float32 in [0,1]: probability that a pixel is foreground
+    mask: np.ndarray  # (H,W) bool: mask_prob >= threshold
+    depth: np.ndarray  # (H,W) float32 depth of `image`, in `depth_unit`
+    depth_unit: str  # "m" for models trained on procedural data, "relative" for teacher or seed depth
+    work_size: tuple[int, int]  # (H, W) the model ran at
+
+
+@dataclass(frozen=True)
+class DepthInfo:
+    """What the checkpoint says about its depth output."""
+
+    unit: str
+    max: float
+    scale: float  # 16-bit PNG step: depth = png value * scale
+
+
+def depth_info(header: dict[str, Any], depth_max: float) -> DepthInfo:
+    """Depth unit and PNG scale from a checkpoint header (`depth: {unit, scale, max}` as in dataset metadata, or
+    flat `depth_unit` / `depth_scale` / `depth_max`). The scale falls back to depth_max / 65535 so the full range
+    fits a 16-bit PNG."""
+    d = header.get("depth") if isinstance(header.get("depth"), dict) else {}
+    unit = str(d.get("unit", header.get("depth_unit", "relative")))
+    dmax = float(d.get("max", header.get("depth_max", depth_max)))
+    scale = float(d.get("scale", header.get("depth_scale", 0.0)) or 0.0)
+    if not scale > 0 or dmax / scale > 65535:
+        scale = dmax / 65535
+    return DepthInfo(unit=unit, max=dmax, scale=scale)
+
+
+def working_size(h: int, w: int, target: tuple[int, int] | int, multiple: int = SIDE_MULTIPLE) -> tuple[int, int]:
+    """(H, W) with the aspect ratio of h x w and about target[0] * target[1] pixels, sides rounded to `multiple`."""
+    th, tw = (target, target) if isinstance(target, int) else target
+    s = math.sqrt(th * tw / (h * w))
+    return (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
+
+
+def to_rgb_array(x: ImageInput, what: str = "image") -> np.ndarray:
+    """A file path, PIL image or array (gray, RGB, RGBA; uint8, uint16 or float in [0,1]) -> (H,W,3) uint8."""
+    from PIL import Image
+
+    from maskdepth.codecs import to_rgb_uint8
+    from maskdepth.fileio import read_rgb
+
+    if isinstance(x, (str, os.PathLike)):
+        return read_rgb(x)
+    if isinstance(x, Image.Image):
+        return to_rgb_uint8(x)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise UserError(f"{what}: got {type(x).__name__}; pass a file path, a PIL image or an (H,W[,C]) array")
+    a = x
+    if a.ndim == 3 and a.shape[2] in (1, 3, 4):
+        a = a[..., :3] if a.shape[2] >= 3 else a[..., 0]  # alpha dropped, as for files
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 1:
+        raise UserError(f"{what}: array of shape {x.shape}; expected (H,W) gray, (H,W,3) RGB or (H,W,4) RGBA")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.uint16:
+        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if a.dtype.kind == "f":
+        return (np.clip(np.nan_to_num(a), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    raise UserError(f"{what}: array of dtype {a.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+class Predictor:
+    """A model ready for inference, with what its checkpoint says about depth and training size."""
+
+    def __init__(self, model: torch.nn.Module, header: dict[str, Any] | None = None,
+                 device: str | torch.device | None = None, size: int | tuple[int, int] | None = None,
+                 native: bool = False, threshold: float = 0.5, batch_size: int = 8, bf16: bool | None = None):
+        header = header or {}
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.header = header
+        self.card: dict[str, Any] | None = None  # the model card, for the shipped default weights
+        self.model_name: str = header.get("model", getattr(model, "model_name", type(model).__name__))
+        self.depth = depth_info(header, float(getattr(model, "depth_max", header.get("depth_max", 1.0))))
+        ts = header.get("train_size")
+        self.train_size: tuple[int, int] = (int(ts[0]), int(ts[1])) if ts else DEFAULT_TRAIN_SIZE
+        self.size, self.native, self.threshold, self.batch_size = size, native, threshold, max(1, batch_size)
+        self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
+
+    @property
+    def depth_unit(self) -> str:
+        return self.depth.unit
+
+    def work_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.native:
+            return h, w
+        return working_size(h, w, self.size or self.train_size)
+
+    def predict(self, bg: ImageInput | list[ImageInput], image: ImageInput | list[ImageInput],
+                resize_bg: bool = False) -> Prediction | list[Prediction]:
+        """Mask and depth of `image` given the empty scene `bg`.
+
+        One pair gives a Prediction; lists give a list (a single bg with a list of images serves them all, the
+        fixed-camera case). bg must have the image's size unless `resize_bg`, which resamples it.
+        """
+        if not isinstance(image, (list, tuple)):
+            if isinstance(bg, (list, tuple)):
+                raise UserError("bg is a list but image is not; pass lists of the same length, or one bg")
+            return self.predict_arrays([to_rgb_array(bg, "bg")], [to_rgb_array(image)], resize_bg)[0]
+        if isinstance(bg, (list, tuple)):
+            if len(bg) != len(image):
+                raise UserError(f"{len(bg)} backgrounds for {len(image)} images; pass as many as images, or one")
+            bgs = [to_rgb_array(b, "bg") for b in bg]
+        else:
+            bgs = [to_rgb_array(bg, "bg")] * len(image)
+        return self.predict_arrays(bgs, [to_rgb_array(x) for x in image], resize_bg)
+
+    def predict_arrays(self, bgs: list[np.ndarray], images: list[np.ndarray],
+                       resize_bg: bool = False, names: list[str] | None = None) -> list[Prediction]:
+        """Pairs of (H,W,3) uint8 arrays -> predictions, run in batches of equal-sized consecutive pairs.
+        `names` (the image files) only make error messages precise."""
+        out: list[Prediction] = []
+        i = 0
+        while i < len(images):
+            hw = images[i].shape[:2]
+            j = i + 1
+            while j < len(images) and j - i < self.batch_size and images[j].shape[:2] == hw:
+                j += 1
+            for k in range(i, j):
+                if bgs[k].shape[:2] != hw and not resize_bg:
+                    name = names[k] if names else "image"
+                    raise UserError(f"{name}: image is {hw[1]}x{hw[0]} but its bg is {bgs[k].shape[1]}x"
+                                    f"{bgs[k].shape[0]}; use a bg of the same size, or --resize-bg (resize_bg=True)")
+            out.extend(self._run(bgs[i:j], images[i:j]))
+            i = j
+        return out
+
+    @torch.inference_mode()
+    def _run(self, bgs: list[np.ndarray], images: list[np.ndarray]) -> list[Prediction]:
+        h, w = images[0].shape[:2]
+        wh, ww = self.work_size(h, w)
+        try:
+            image = _to_tensor(images, (wh, ww), self.device)
+            if all(b is bgs[0] for b in bgs):  # one fixed-camera bg: moved and resized once
+                bg = _to_tensor(bgs[:1], (wh, ww), self.device).expand(len(bgs), -1, -1, -1)
+            elif all(b.shape == bgs[0].shape for b in bgs):
+                bg = _to_tensor(bgs, (wh, ww), self.device)
+            else:  # --resize-bg with backgrounds of several sizes
+                bg = torch.cat([_to_tensor([b], (wh, ww), self.device) for b in bgs])
+            if self.device.type == "cuda":
+                bg = bg.contiguous(memory_format=torch.channels_last)
+                image = image.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits, depth = self.model(bg, image)
+            prob = _resize(torch.sigmoid(logits.float()), (h, w))
+            depth = _resize(depth.float(), (h, w))
+        except torch.OutOfMemoryError:
+            raise UserError(f"a {w}x{h} pair run at {ww}x{wh} does not fit in {self.device} memory; use a smaller "
+                            "--size / size=, fewer at a time (--batch-size), or the CPU") from None
+        except RuntimeError as e:
+            if "allocate" not in str(e) and "out of memory" not in str(e):
+                raise
+            raise UserError(f"a {w}x{h} pair run at {ww}x{wh} does not fit in memory; use a smaller --size / size= "
+                            "or fewer at a time (--batch-size)") from None
+        prob_np = prob[:, 0].cpu().numpy()
+        depth_np = depth[:, 0].cpu().numpy()
+        return [Prediction(mask_prob=p, mask=p >= self.threshold, depth=d, depth_unit=self.depth.unit,
+                           work_size=(wh, ww)) for p, d in zip(prob_np, depth_np)]
+
+
+def _to_tensor(arrays: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(N,3,H,W) float32 in [0,1] resized to `size`; the uint8 pixels travel to the device before conversion
+    (4x less to copy)."""
+    x = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
+    return _resize(x.permute(0, 3, 1, 2).float().div_(255.0), size)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    # antialias matters when shrinking (a photo to the training size); when enlarging it equals plain bilinear
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when there is one, else CPU. A device that is not there is a one-line error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device '{device}' is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+               **options: Any) -> Predictor:
+    """Load a checkpoint (None: the default weights shipped in the package) for prediction.
+
+    `options` go to Predictor: size, native, threshold, batch_size, bf16.
+    """
+    from maskdepth.checkpoint import load_model_from_checkpoint
+
+    dev = resolve_device(device)
+    if path is not None:
+        model, header = load_model_from_checkpoint(path, map_location=dev)
+        return Predictor(model, header, dev, **options)
+    from importlib.resources import as_file, files
+
+    weights = files("maskdepth").joinpath(DEFAULT_WEIGHTS)
+    if not weights.is_file():
+        raise UserError(f"maskdepth/{DEFAULT_WEIGHTS}: the default weights are not in this installation; pass a "
+                        "checkpoint (--ckpt PATH, load_model(path)) or install a maskdepth release that ships them")
+    with as_file(weights) as p:
+        model, header = load_model_from_checkpoint(p, map_location=dev)
+    predictor = Predictor(model, header, dev, **options)
+    card = files("maskdepth").joinpath(DEFAULT_CARD)
+    if card.is_file():
+        try:
+            predictor.card = json.loads(card.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"maskdepth/{DEFAULT_CARD}: corrupt model card; reinstall maskdepth") from None
+    return predictor
+
+
+def predict_images(modelpath: str | os.PathLike, filepath: str | os.PathLike, bg: str, image: str,
+                   device: str | None = None) -> Prediction:
+    """Seed-style call: the model file, the folder the pictures are in, and the two file names."""
+    folder = Path(filepath)
+    return load_model(modelpath, device).predict(folder / bg, folder / image)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files: what `maskdepth predict` reads and writes.
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_FILES = ("mask.png", "depth.png", "depth.json", "depth_color.png", "overlay.png")
+OVERLAY_COLOR = (255, 64, 32)
+
+
+def find_pairs(bg: str | os.PathLike, image: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(bg, image) file pairs: a file and a file; one bg file for every image in a folder (fixed camera); or two
+    folders matched by file name without suffix."""
+    bg, image = Path(bg), Path(image)
+    for p, what in ((bg, "bg"), (image, "image")):
+        if not p.exists():
+            raise UserError(f"{p}: {what} not found; check the path")
+    if image.is_file():
+        if bg.is_dir():
+            raise UserError(f"{bg}: is a folder but --image is one file; give the bg file, or an image folder")
+        return [(bg, image)]
+    images = _image_files(image)
+    if bg.is_file():
+        return [(bg, p) for p in images]
+    bgs = {p.stem: p for p in _image_files(bg)}
+    missing = [p for p in images if p.stem not in bgs]
+    if missing:
+        raise UserError(f"{missing[0]}: no background named {missing[0].stem}.* in {bg} ({len(missing)} of "
+                        f"{len(images)} images unmatched); name each bg like its image, or give one bg file")
+    return [(bgs[p.stem], p) for p in images]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder; check the path")
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise UserError(f"{folder}: several images named {dup}.*; keep one per name so outputs do not collide")
+    return files
+
+
+def save_prediction(pred: Prediction, image: np.ndarray, folder: Path, depth: DepthInfo,
+                    force: bool = False) -> None:
+    """Write mask.png (8-bit probability), depth.png (16-bit, depth = value * scale) with depth.json (unit, scale),
+    depth_color.png and overlay.png into `folder`, each atomically."""
+    from maskdepth.codecs import encode_depth_png, encode_png
+    from maskdepth.fileio import atomic_write_bytes, atomic_write_text
+    from maskdepth.viz import colorize_depth, overlay
+
+    if not force:
+        _refuse_existing([folder])
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "mask.png", encode_png((pred.mask_prob * 255.0 + 0.5).astype(np.uint8)))
+    # at least one step: PNG value 0 means 'unknown depth', and every predicted depth is known
+    atomic_write_bytes(folder / "depth.png", encode_depth_png(np.maximum(pred.depth, depth.scale), depth.scale))
+    atomic_write_text(folder / "depth.json", json.dumps(
+        {"file": "depth.png", "unit": depth.unit, "scale": depth.scale, "max": depth.max,
+         "meaning": "depth = PNG value * scale, in unit"}, indent=2) + "\n")
+    # colours span this picture's own depth range, so near and far read well in any unit
+    atomic_write_bytes(folder / "depth_color.png", encode_png(colorize_depth(pred.depth)))
+    atomic_write_bytes(folder / "overlay.png", encode_png(overlay(image, pred.mask_prob, OVERLAY_COLOR)))
+
+
+def _refuse_existing(folders: list[Path]) -> None:
+    for folder in folders:
+        for name in OUTPUT_FILES:
+            if (folder / name).exists():
+                raise UserError(f"{folder / name}: already exists; pass --force to overwrite, or choose another --out")
+
+
+def plan_outputs(bg: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,
+                 force: bool = False) -> list[tuple[Path, Path, Path]]:
+    """(bg file, image file, output folder) for each pair: `out` itself for one image file, `out/<image name>/`
+    for an image folder. Refuses, before any work, to write over existing outputs unless `force`."""
+    pairs = find_pairs(bg, image)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a folder; choose another --out")
+    folders = [out] if Path(image).is_file() else [out / p.stem for _, p in pairs]
+    if not force:
+        _refuse_existing(folders)
+    return [(b, i, f) for (b, i), f in zip(pairs, folders)]
+
+
+def predict_files(predictor: Predictor, plan: list[tuple[Path, Path, Path]], resize_bg: bool = False,
+                  progress: bool = True) -> None:
+    """`maskdepth predict`: run and write every (bg, image, folder) of `plan_outputs`, batch by batch."""
+    # the fixed-camera bg is read once and, being one array, converted once per batch
+    shared_bg = to_rgb_array(plan[0][0]) if len({b for b, _, _ in plan}) == 1 else None
+    n = predictor.batch_size
+    with Progress(len(plan), "predict", unit="pair", enabled=progress and len(plan) > 1) as bar:
+        for i in range(0, len(plan), n):
+            chunk = plan[i:i + n]
+            bgs = [shared_bg if shared_bg is not None else to_rgb_array(b) for b, _, _ in chunk]
+            images = [to_rgb_array(p) for _, p, _ in chunk]
+            preds = predictor.predict_arrays(bgs, images, resize_bg, names=[str(p) for _, p, _ in chunk])
+            for pred, img, (_, _, folder) in zip(preds, images, chunk):
+                save_prediction(pred, img, folder, predictor.depth, force=True)  # plan_outputs checked
+            bar.update(len(chunk))
