@@ -1,0 +1,130 @@
+"""The default network (`maskdepth`, alias `default`), built to beat the seed baselines on quality and speed.
+
+- Early fusion: bg, image, their difference and its magnitude (12 channels) enter one encoder, so the very first
+  convolution already compares the two captures (the seeds fuse after separate branches or not at all).
+- Most compute at low resolution: a pixel-unshuffle stem goes straight to 1/4 (space-to-depth loses nothing),
+  then residual stages at 1/4, 1/8, 1/16, 1/32 (for four `depths`).
+- Decoder: top-down, bilinear x2 upsampling + lateral 1x1 skips + 3x3 conv (no transposed conv, no pixel
+  shuffle: no checkerboard), shared by mask and depth; a small head for each at 1/4.
+- Full-resolution refinement: a few cheap convs on the full-size fused inputs, the upsampled coarse outputs and a
+  thin upsampled feature map add a residual to the coarse logits, so edges follow the image, not the 1/4 grid.
+  Its last conv starts at zero: training begins from the smooth coarse prediction.
+
+Norm: BatchNorm by default (fast, folds into the conv for inference; in eval mode it does not depend on the batch,
+so batch-1 prediction is exact; under DDP convert with SyncBatchNorm when per-GPU batches are tiny), or
+GroupNorm (`norm="group"`: batch-independent in training too). ReLU, static control flow, only ops that ONNX
+opset 17 exports with dynamic H and W; channels_last and bf16 autocast friendly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskdepth.models.base import MaskDepthNet
+from maskdepth.models.registry import register
+
+FUSED_CHANNELS = 12  # bg, image, image - bg, |image - bg|
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+def _conv_norm_act(cin: int, cout: int, norm: str, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), _norm(norm, cout),
+                         nn.ReLU(inplace=True))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = _norm(norm, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = _norm(norm, channels)
+
+    def forward(self, x):
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        return F.relu(x + self.norm2(self.conv2(y)), inplace=True)
+
+
+def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+class MaskDepthModel(MaskDepthNet):
+    """`width`: channels at 1/4 (doubling per stage); `depths`: residual blocks per stage (1/4, 1/8, ...)."""
+
+    def __init__(self, width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
+                 depth_max: float = 10.0):
+        super().__init__(depth_max)
+        depths = [int(d) for d in depths]
+        if width < 8 or not 1 <= len(depths) <= 5 or min(depths) < 1:
+            raise ValueError(f"need width >= 8 and 1-5 stages of >= 1 block, got width={width}, depths={depths}")
+        if norm not in ("batch", "group"):
+            raise ValueError(f"norm must be 'batch' or 'group', got '{norm}'")
+        widths = [width * 2**i for i in range(len(depths))]
+        dec = 2 * width  # decoder channels
+        ref = max(8, width // 2)  # refinement channels at full resolution
+        self.stride = 4 * 2 ** (len(depths) - 1)
+
+        self.stem = nn.Sequential(nn.PixelUnshuffle(4), _conv_norm_act(FUSED_CHANNELS * 16, width, norm))
+        self.stages = nn.ModuleList()
+        for i, (c, d) in enumerate(zip(widths, depths)):
+            down = [_conv_norm_act(widths[i - 1], c, norm, stride=2)] if i else []
+            self.stages.append(nn.Sequential(*down, *(_ResBlock(c, norm) for _ in range(d))))
+        self.laterals = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, dec, 1, bias=False), _norm(norm, dec)) for c in widths)
+        self.smooth = nn.ModuleList(_conv_norm_act(dec, dec, norm) for _ in widths[:-1])
+        self.mask_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
+        self.depth_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
+        self.refine_proj = nn.Conv2d(dec, ref, 1)
+        self.refine = nn.Sequential(
+            nn.Conv2d(ref + FUSED_CHANNELS + 2, ref, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(ref, ref, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(ref, 2, 3, padding=1),
+        )
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        diff = image - bg
+        fused = torch.cat([bg, image, diff, diff.abs()], dim=1)
+        feats = []
+        x = self.stem(fused)
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        top = self.laterals[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            top = self.smooth[i](_up(top, 2) + self.laterals[i](feats[i]))
+        coarse = _up(torch.cat([self.mask_head(top), self.depth_head(top)], dim=1), 4)
+        thin = _up(self.refine_proj(top), 4)
+        out = coarse + self.refine(torch.cat([thin, fused, coarse], dim=1))
+        return out[:, :1], out[:, 1:]
+
+
+@register("maskdepth", "default: early fusion, 1/4 pixel-unshuffle stem, residual encoder to 1/32, bilinear "
+                       "decoder, full-res refinement")
+def maskdepth(width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
+              depth_max: float = 10.0) -> MaskDepthModel:
+    return MaskDepthModel(width, depths, norm, depth_max)
+
+
+@register("maskdepth-small", "default design, narrow: for CPU training and prediction")
+def maskdepth_small(width: int = 16, depths: Sequence[int] = (1, 1, 2, 1), norm: str = "batch",
+                    depth_max: float = 10.0) -> MaskDepthModel:
+    return MaskDepthModel(width, depths, norm, depth_max)
+
+
+@register("maskdepth-large", "default design, wide and deep: for GPU training")
+def maskdepth_large(width: int = 48, depths: Sequence[int] = (2, 2, 4, 2), norm: str = "batch",
+                    depth_max: float = 10.0) -> MaskDepthModel:
+    return MaskDepthModel(width, depths, norm, depth_max)

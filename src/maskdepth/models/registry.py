@@ -1,0 +1,90 @@
+"""Model registry: name -> builder. `create_model` records how a model was built so a checkpoint can rebuild it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from maskdepth.errors import UserError
+from maskdepth.models.base import MaskDepthNet
+
+# Other names users may type for a registered model.
+ALIASES = {"default": "maskdepth"}
+
+# Builder arguments that only initialise weights (a file path); the checkpoint holds the weights themselves,
+# so they are left out of `model_kwargs` and a rebuild never looks for the file again.
+INIT_ONLY_KWARGS = frozenset({"encoder_weights"})
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., MaskDepthNet]
+    summary: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register(name: str, summary: str) -> Callable[[Callable[..., MaskDepthNet]], Callable[..., MaskDepthNet]]:
+    """Decorator: register `builder` under `name`. Builders take keyword arguments with JSON-able defaults."""
+
+    def wrap(builder: Callable[..., MaskDepthNet]) -> Callable[..., MaskDepthNet]:
+        if name in _MODELS or name in ALIASES:
+            raise ValueError(f"model name '{name}' registered twice")
+        _MODELS[name] = ModelEntry(name, builder, summary)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Registered model names in registration order (the default model first)."""
+    return list(_MODELS)
+
+
+def model_summary(name: str) -> str:
+    return _entry(name).summary
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for `name` or its alias; UserError listing the known names if there is none."""
+    return _entry(name).name
+
+
+def create_model(name: str, **kwargs) -> MaskDepthNet:
+    """Build model `name` (or an alias) with `kwargs` overriding its defaults.
+
+    The result keeps `model_name` (the registered name) and `model_kwargs` (every architecture argument, defaults
+    filled in, JSON-able), so `create_model(m.model_name, **m.model_kwargs)` builds the same network.
+    """
+    entry = _entry(name)
+    signature = inspect.signature(entry.builder)
+    try:
+        bound = signature.bind(**kwargs)
+    except TypeError as e:
+        takes = ", ".join(signature.parameters) or "no arguments"
+        raise UserError(f"model '{entry.name}': {e}; it takes: {takes}") from None
+    bound.apply_defaults()
+    try:
+        model = entry.builder(**bound.arguments)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model '{entry.name}': {e}") from None
+    model.model_name = entry.name
+    model.model_kwargs = {k: _jsonable(v) for k, v in bound.arguments.items() if k not in INIT_ONLY_KWARGS}
+    return model
+
+
+def _entry(name: str) -> ModelEntry:
+    entry = _MODELS.get(ALIASES.get(name, name))
+    if entry is None:
+        known = ", ".join(list(_MODELS) + list(ALIASES))
+        raise UserError(f"unknown model '{name}'; known models: {known}")
+    return entry
+
+
+def _jsonable(value):
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
