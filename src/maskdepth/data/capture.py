@@ -1,0 +1,146 @@
+"""Background-capture realism: the bg input is a separate capture of the empty scene, not the composite's own pixels.
+
+Every training batch's `bg` passes through `apply_capture`: a sub-pixel camera shift, an exposure and white-balance
+change, sensor noise and JPEG re-compression, each with its own probability and a fresh draw per sample. Without
+it a model could find the foreground by thresholding |image - bg|. Batched torch, the same on CPU and CUDA, and no
+host syncs, so it can run inside the on-the-fly generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    shift_p: float = 0.5
+    shift_px: float = 1.5  # largest shift in each direction, pixels
+    exposure_p: float = 0.5
+    exposure: tuple[float, float] = (0.85, 1.15)  # gain on all channels
+    white_balance_p: float = 0.5
+    white_balance: tuple[float, float] = (0.93, 1.07)  # gain per channel
+    noise_p: float = 0.5
+    noise_sigma: tuple[float, float] = (0.0, 0.02)  # gaussian sensor noise, in [0,1] units
+    jpeg_p: float = 0.5
+    jpeg_quality: tuple[float, float] = (60.0, 95.0)
+
+
+def _draw(n: int, p: float, lo_hi: tuple[float, float], neutral: float, generator, device,
+          shape: tuple[int, ...] = ()) -> torch.Tensor:
+    """(n, *shape) values uniform in lo_hi where an effect is on (probability p per sample), `neutral` elsewhere."""
+    on = torch.rand(n, generator=generator, device=device) < p
+    lo, hi = lo_hi
+    val = lo + (hi - lo) * torch.rand((n, *shape), generator=generator, device=device)
+    return torch.where(on.view(n, *([1] * len(shape))), val, torch.full_like(val, neutral))
+
+
+def _where_on(x: torch.Tensor, on: torch.Tensor, fn) -> torch.Tensor:
+    """x with `fn(x[sel], sel)` in the samples where `on` (N,) is true.
+
+    On the CPU only those samples are computed (the effects cost more than the bookkeeping); elsewhere all are
+    computed and selected, since picking the subset would read `on` back to the host and stall the GPU.
+    """
+    if x.device.type == "cpu":
+        sel = on.nonzero()[:, 0]
+        if sel.numel() == 0:
+            return x
+        out = x.clone()
+        out[sel] = fn(x[sel], sel)
+        return out
+    return torch.where(on.view(-1, 1, 1, 1), fn(x, slice(None)), x)
+
+
+def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Translate each image by shift (n,2) pixels (x, y), bilinear, border pixels repeated."""
+    n, _, h, w = x.shape
+    gx = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1 - 2 * shift[:, 0:1] / w
+    gy = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1 - 2 * shift[:, 1:2] / h
+    grid = torch.stack([gx.view(n, 1, w).expand(n, h, w), gy.view(n, h, 1).expand(n, h, w)], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def apply_capture(bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(N,3,H,W) float in [0,1] -> the same scene as another capture would see it. `generator` must live on bg's
+    device (None: torch's default generator)."""
+    n = bg.shape[0]
+    dev = bg.device
+    shift_on = torch.rand(n, generator=generator, device=dev) < cfg.shift_p
+    shift = (2 * torch.rand(n, 2, generator=generator, device=dev) - 1) * cfg.shift_px
+    gain = _draw(n, cfg.exposure_p, cfg.exposure, 1.0, generator, dev)
+    wb = _draw(n, cfg.white_balance_p, cfg.white_balance, 1.0, generator, dev, (3,))
+    noise_on = torch.rand(n, generator=generator, device=dev) < cfg.noise_p
+    sigma = cfg.noise_sigma[0] + (cfg.noise_sigma[1] - cfg.noise_sigma[0]) * torch.rand(n, generator=generator,
+                                                                                          device=dev)
+    jpeg_on = torch.rand(n, generator=generator, device=dev) < cfg.jpeg_p
+    lo, hi = cfg.jpeg_quality
+    quality = lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)
+
+    out = _where_on(bg, shift_on, lambda x, s: _shift(x, shift[s]))
+    out = out * (gain.view(n, 1, 1, 1) * wb.view(n, 3, 1, 1))
+    out = _where_on(out, noise_on, lambda x, s: x + sigma[s].view(-1, 1, 1, 1) * torch.randn(
+        x.shape, generator=generator, device=dev, dtype=x.dtype))
+    out = out.clamp(0, 1)
+    return _where_on(out, jpeg_on, lambda x, s: jpeg_roundtrip(x, quality[s]))
+
+
+# ITU-T T.81 Annex K tables (quality 50), as libjpeg scales them
+_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+         14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+         49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+_CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+           47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+
+
+def _dct_matrix(device, dtype) -> torch.Tensor:
+    k = torch.arange(8, device=device, dtype=torch.float64)
+    m = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    m[0] /= math.sqrt(2)
+    return m.to(dtype)
+
+
+def _quant_tables(quality: torch.Tensor) -> torch.Tensor:
+    """(N,) quality 1..100 -> (N,2,8,8) luma and chroma quantisation steps, libjpeg's scaling."""
+    q = quality.clamp(1, 100)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
+    base = torch.tensor([_LUMA, _CHROMA], device=q.device, dtype=q.dtype).view(1, 2, 8, 8)
+    return torch.floor((base * scale.view(-1, 1, 1, 1) + 50) / 100).clamp(1, 255)
+
+
+def _to_blocks(x: torch.Tensor) -> torch.Tensor:
+    """(N,C,H,W) -> (N,C,H/8,W/8,8,8) contiguous 8x8 blocks."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 8, 8, w // 8, 8).transpose(3, 4).contiguous()
+
+
+def _from_blocks(b: torch.Tensor) -> torch.Tensor:
+    n, c, bh, bw = b.shape[:4]
+    return b.transpose(3, 4).reshape(n, c, bh * 8, bw * 8)
+
+
+def jpeg_roundtrip(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """(N,3,H,W) in [0,1] through baseline JPEG (YCbCr, 4:2:0 chroma, 8x8 DCT quantised at per-sample `quality`)
+    and back. Real rounding of the coefficients, so blocking and ringing look like a camera's files."""
+    n, _, h, w = rgb.shape
+    ph, pw = (-h) % 16, (-w) % 16
+    x = F.pad(rgb, (0, pw, 0, ph), mode="replicate") * 255
+    r, g, b = x.unbind(1)
+    y = (0.299 * r + 0.587 * g + 0.114 * b - 128).unsqueeze(1)
+    chroma = F.avg_pool2d(torch.stack([-0.168736 * r - 0.331264 * g + 0.5 * b,
+                                       0.5 * r - 0.418688 * g - 0.081312 * b], 1), 2)
+    m = _dct_matrix(rgb.device, rgb.dtype)
+    tables = _quant_tables(quality.to(rgb.dtype)).view(n, 2, 1, 1, 8, 8)
+
+    def quantise(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        coeff = m @ _to_blocks(plane) @ m.T
+        return _from_blocks(m.T @ (torch.round(coeff / table) * table) @ m)
+
+    y = quantise(y, tables[:, :1]) + 128
+    chroma = F.interpolate(quantise(chroma, tables[:, 1:]), scale_factor=2, mode="bilinear", align_corners=False)
+    cb, cr = chroma.unbind(1)
+    y = y[:, 0]
+    out = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+    return (out[:, :, :h, :w] / 255).clamp(0, 1)

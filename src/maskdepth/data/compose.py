@@ -1,0 +1,218 @@
+"""THE composition: cutouts stood on the floor of backgrounds, batched, in torch, the same code on CPU and CUDA.
+
+The ground-truth rule (docs/ARCHITECTURE.md "Ground truth"):
+- a cutout stands at a floor pixel (u, v); its contact depth is d = depth[v, u]; its pixel height is
+  focal_px * height_m / d; its box's bottom centre is (u, v) and its width follows the cutout's aspect;
+- the foreground's depth is d (optionally minus a small relief); visible alpha = alpha where the foreground is
+  nearer than the background (z-buffer), else 0; `mask` = visible alpha;
+- composite depth = foreground depth where visible alpha >= 0.5, background depth elsewhere.
+A soft elliptical contact shadow darkens the floor around the contact point in `image` only (not mask, depth).
+
+Nothing here loops over samples or reads a tensor back to the host, so on CUDA a batch is a few kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from maskdepth.data.banks import BackgroundBank, CutoutBank
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    height_jitter: tuple[float, float] = (0.85, 1.15)  # multiplies the cutout's nominal height in metres
+    min_height: float = 0.08  # smallest and largest object height, as fractions of the image height
+    max_height: float = 0.9
+    min_inside: float = 0.7  # fraction of the object's box that must lie inside the image
+    candidates: int = 8  # contact points drawn per sample; the first acceptable one is used (no host sync)
+    shadow_prob: float = 0.5  # probability of a contact shadow
+    shadow_strength: tuple[float, float] = (0.2, 0.55)  # darkening at the shadow's centre
+    shadow_width: float = 1.3  # shadow ellipse width / object box width
+    shadow_aspect: float = 0.3  # shadow ellipse height / width (a floor seen at an angle)
+    relief: float = 0.0  # depth relief of the object as a fraction of its width (0: flat, at contact depth)
+
+
+@dataclass
+class Placement:
+    """Where each of N cutouts stands; all tensors on the banks' device. Pixel coordinates: pixel i spans [i, i+1)."""
+
+    bg_idx: torch.Tensor  # (N,) int64
+    fg_idx: torch.Tensor  # (N,) int64 cutout ids
+    flip: torch.Tensor  # (N,) bool: mirrored left-right
+    contact: torch.Tensor  # (N,2) float32 (u, v): bottom centre of the box, a floor pixel's centre
+    contact_depth: torch.Tensor  # (N,) float32 placement depth at the contact
+    depth_known: torch.Tensor  # (N,) bool: the background's true depth at the contact is known
+    height_px: torch.Tensor  # (N,) float32
+    width_px: torch.Tensor  # (N,) float32
+    level: torch.Tensor  # (N,) int64 mip level sampled (limits aliasing when the cutout is drawn small)
+    shadow: torch.Tensor  # (N,) float32 shadow strength, 0 = none
+    scale: torch.Tensor  # (N,) float32 drawn height / the cutout's original pixel height
+
+    def __len__(self) -> int:
+        return self.bg_idx.shape[0]
+
+    @property
+    def box(self) -> torch.Tensor:
+        """(N,4) float32 [x0, y0, x1, y1]."""
+        u, v = self.contact.unbind(1)
+        half = self.width_px / 2
+        return torch.stack([u - half, v - self.height_px, u + half, v], dim=1)
+
+
+def _uniform(n: int, lo_hi: tuple[float, float], generator: torch.Generator | None, device) -> torch.Tensor:
+    lo, hi = lo_hi
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Tensor, fg_idx: torch.Tensor,
+                      flip: torch.Tensor, generator: torch.Generator | None, cfg: ComposeConfig) -> Placement:
+    """Draw a contact point, size and shadow for each (background, cutout, flip) triple."""
+    device = bgs.device
+    n, k = bg_idx.shape[0], cfg.candidates
+    h_img, w_img = bgs.size
+    # contact candidates uniformly among each background's floor pixels
+    r = torch.rand(n, k, generator=generator, device=device)
+    count = bgs.floor_count[bg_idx][:, None]
+    pick = torch.minimum((r * count).long(), count - 1) + bgs.floor_start[bg_idx][:, None]
+    pix = bgs.floor_pixels[pick]  # (N,K) flat y*W+x
+    u = (pix % w_img).float() + 0.5
+    v = (pix // w_img).float() + 0.5
+    row = bg_idx[:, None] * (h_img * w_img) + pix
+    d = bgs.placement_depth.reshape(-1)[row]
+    known = bgs.depth.reshape(-1)[row] > 0
+    jitter = _uniform(n, cfg.height_jitter, generator, device)
+    height_m = cutouts.height_m[fg_idx] * jitter
+    aspect = cutouts.aspect[fg_idx]
+    h = bgs.focal_px[bg_idx][:, None] * height_m[:, None] / d
+    w = h * aspect[:, None]
+    # accept a candidate whose size is in range and whose box lies mostly inside the image
+    inside_x = ((u + w / 2).clamp(max=w_img) - (u - w / 2).clamp(min=0)).clamp(min=0) / w
+    inside_y = (v - (v - h).clamp(min=0)) / h
+    lo, hi = cfg.min_height * h_img, cfg.max_height * h_img
+    ok = (inside_x * inside_y >= cfg.min_inside) & (h >= lo) & (h <= hi)
+    choice = torch.argmax(ok.to(torch.uint8), dim=1, keepdim=True)  # first acceptable, else candidate 0
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return torch.gather(t, 1, choice)[:, 0]
+
+    height = take(h).clamp(lo, hi)  # a fallback candidate outside the range is drawn at the nearest bound
+    width = height * aspect
+    longest = torch.maximum(height, width)
+    level = torch.floor(torch.log2(cutouts.size / longest)).clamp(0, cutouts.levels - 1).long()
+    shadow_on = torch.rand(n, generator=generator, device=device) < cfg.shadow_prob
+    strength = _uniform(n, cfg.shadow_strength, generator, device) * shadow_on
+    return Placement(
+        bg_idx=bg_idx, fg_idx=fg_idx, flip=flip.bool(),
+        contact=torch.stack([take(u), take(v)], dim=1), contact_depth=take(d),
+        depth_known=torch.gather(known, 1, choice)[:, 0],
+        height_px=height, width_px=width, level=level, shadow=strength,
+        scale=height / cutouts.src_hw[fg_idx, 0],
+    )
+
+
+def _texel_px(cutouts: CutoutBank, p: Placement) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size of one texel of the sampled mip level, in output pixels (x, y): bilinear sampling reaches this far
+    outside the box."""
+    region = cutouts.region[p.fg_idx] * torch.exp2(-p.level.float())[:, None]
+    return p.width_px / region[:, 2], p.height_px / region[:, 3]
+
+
+def placement_windows(cutouts: CutoutBank, p: Placement, cfg: ComposeConfig, size: tuple[int, int]) -> torch.Tensor:
+    """(N,4) int64 [x0, y0, x1, y1) bounding every pixel a placement changes (object, its filter fringe, shadow).
+
+    Outside it `composite` gives the background exactly: image = bg, mask = 0, depth = background depth.
+    """
+    h_img, w_img = size
+    tx, ty = _texel_px(cutouts, p)
+    u, v = p.contact.unbind(1)
+    half = p.width_px / 2
+    rx = torch.where(p.shadow > 0, cfg.shadow_width * half, 0.0)
+    ry = rx * cfg.shadow_aspect
+    x_lo = torch.minimum(u - half - tx, u - rx)
+    x_hi = torch.maximum(u + half + tx, u + rx)
+    y_lo = torch.minimum(v - p.height_px - ty, v - ry)
+    y_hi = torch.maximum(v + ty, v + ry)
+    box = torch.stack([x_lo.floor(), y_lo.floor(), x_hi.ceil() + 1, y_hi.ceil() + 1], 1).long()
+    limit = torch.tensor([w_img, h_img, w_img, h_img], device=box.device)
+    return torch.minimum(box.clamp(min=0), limit)
+
+
+def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: ComposeConfig,
+              origin: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Composite N placements: float32 `image` (N,3,H,W) in [0,1], `mask`, `depth`, `depth_valid` (N,1,H,W) and
+    the clean background `bg` (N,3,H,W).
+
+    With `origin` (N,2) int64 (x, y) and `size` (h, w), only that window of each frame is computed (each window
+    inside the image). Every pixel is a function of its own coordinates only, so a window holds exactly the
+    full frame's values there; `data make` composites just the windows of `placement_windows` on the CPU.
+    """
+    n = len(p)
+    h_img, w_img = bgs.size
+    device = bgs.device
+    if origin is None:
+        origin, size = torch.zeros(n, 2, dtype=torch.long, device=device), (h_img, w_img)
+    hw, ww = size
+    cols = (origin[:, 0:1] + torch.arange(ww, device=device)).view(n, 1, 1, ww)
+    rows = (origin[:, 1:2] + torch.arange(hw, device=device)).view(n, 1, hw, 1)
+    b = p.bg_idx.view(n, 1, 1, 1)
+    bg = bgs.image[b, torch.arange(3, device=device).view(1, 3, 1, 1), rows, cols].float() / 255.0
+    bg_depth = bgs.depth[b, 0, rows, cols]
+    bg_place = bgs.placement_depth[b, 0, rows, cols]
+    floor = bgs.floor[b, 0, rows, cols]
+    xs = cols.float() + 0.5  # pixel centres
+    ys = rows.float() + 0.5
+
+    # sampling coordinates in the atlas: x -> s = (x - x0) / w (mirrored: (x1 - x) / w) -> X = rx0 + s * rw of the
+    # chosen mip level, normalised for grid_sample (align_corners=False); likewise for y, never mirrored
+    _, _, ah, aw = cutouts.atlas.shape
+    lvl_scale = torch.exp2(-p.level.float())
+    cell = cutouts.cell_origin[p.fg_idx] + cutouts.level_origin[p.level]
+    region = cutouts.region[p.fg_idx]
+    rx0 = cell[:, 0] + region[:, 0] * lvl_scale
+    ry0 = cell[:, 1] + region[:, 1] * lvl_scale
+    rw, rh = region[:, 2] * lvl_scale, region[:, 3] * lvl_scale
+    x0, y0, x1, _ = p.box.unbind(1)
+    sign = 1.0 - 2.0 * p.flip.float()
+    x_ref = torch.where(p.flip, x1, x0)
+    ax = (2 / aw) * sign * rw / p.width_px
+    bx = (2 / aw) * (rx0 - sign * rw * x_ref / p.width_px) - 1
+    ay = (2 / ah) * rh / p.height_px
+    by = (2 / ah) * (ry0 - rh * y0 / p.height_px) - 1
+    gx = ax.view(n, 1, 1) * xs.view(n, 1, ww) + bx.view(n, 1, 1)
+    gy = ay.view(n, 1, 1) * ys.view(n, hw, 1) + by.view(n, 1, 1)
+    grid = torch.stack([gx.expand(n, hw, ww), gy.expand(n, hw, ww)], dim=-1)
+    # every sample's cutout from the shared atlas in one call: the N grids stacked as one tall image
+    fg = F.grid_sample(cutouts.atlas, grid.view(1, n * hw, ww, 2), mode="bilinear", padding_mode="zeros",
+                       align_corners=False)
+    fg = fg.view(4, n, hw, ww).transpose(0, 1)
+    fg_rgb, alpha = fg[:, :3], fg[:, 3:]
+
+    u = p.contact[:, 0].view(n, 1, 1, 1)
+    v = p.contact[:, 1].view(n, 1, 1, 1)
+    half_w = (p.width_px / 2).view(n, 1, 1, 1)
+    tx, ty = (t.view(n, 1, 1, 1) for t in _texel_px(cutouts, p))
+    dx = xs - u
+    # the box plus one texel of bilinear fringe; beyond it the grid runs into neighbouring atlas cells
+    in_box = ((dx.abs() <= half_w + tx) & (ys >= y0.view(n, 1, 1, 1) - ty) & (ys <= v + ty)).float()
+    d = p.contact_depth.view(n, 1, 1, 1)
+    # foreground depth: the contact depth, nearer by a half-cylinder bulge across the width when relief > 0
+    bulge = (1 - (dx / half_w) * (dx / half_w)).clamp(min=0).sqrt()
+    width_m = (p.width_px * p.contact_depth / bgs.focal_px[p.bg_idx]).view(n, 1, 1, 1)
+    fg_depth = d - cfg.relief * width_m * bulge  # (N,1,1,W)
+    shown = (fg_depth <= bg_place).float() * in_box  # the z-buffer test (and the box)
+    vis = alpha * shown
+
+    # contact shadow on the floor, compact and smooth: strength * (1 - r^2)^2 inside the ellipse
+    rx = cfg.shadow_width * half_w
+    ry = rx * cfg.shadow_aspect
+    ex, ey = dx / rx, (ys - v) / ry
+    fall = (1 - (ex * ex + ey * ey)).clamp(min=0)
+    shade = 1 - p.shadow.view(n, 1, 1, 1) * fall * fall * floor
+
+    image = (bg * shade * (1 - vis) + fg_rgb * shown).clamp(0, 1)
+    fg_depth_truth = fg_depth * p.depth_known.view(n, 1, 1, 1)  # unknown where the background's depth is
+    depth = torch.where(vis >= 0.5, fg_depth_truth, bg_depth)
+    return {"image": image, "mask": vis, "depth": depth, "depth_valid": (depth > 0).float(), "bg": bg}
