@@ -32,8 +32,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, header: dict[st
                 atol: float = ATOL) -> dict[str, Any]:
     """Export `model` (forward(bg, image) -> (mask_logits, depth)) to `path`; return the parity report
     (empty when `check` is False). Raises UserError, leaving nothing at `path`, if parity fails."""
-    import onnx
-
+    onnx = _require("onnx")
     model = model.to("cpu").float().eval()
     h, w = size
     example = (torch.rand(1, 3, h, w), torch.rand(1, 3, h, w))
@@ -85,8 +84,7 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size: tup
                  batch: int = 2, seed: int = 0) -> dict[str, Any]:
     """Largest absolute difference between PyTorch (CPU, fp32) and ONNX Runtime over both outputs, on random
     inputs and on real-looking scenes, at `size` with `batch` pairs."""
-    import onnxruntime as ort
-
+    ort = _require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -108,6 +106,16 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size: tup
                                 "the export did not keep the size dynamic")
             diffs[f"{name}/{out_name}"] = float(np.abs(g - t.numpy()).max())
     return {"size": [h, w], "batch": batch, "max_abs_diff": max(diffs.values()), "diffs": diffs}
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"ONNX export needs the {module} package, which is not installed; "
+                        "pip install 'maskdepth[onnx]'") from None
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = False,

@@ -16,9 +16,10 @@ def register(sub) -> None:
     p.add_argument("--bg", required=True, help="background picture, or a folder of them named like the images")
     p.add_argument("--image", required=True, help="picture with the foreground, or a folder of them")
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
-    p.add_argument("--size", type=int, default=None,
-                   help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
-    p.add_argument("--native", action="store_true", help="run at the input's own size")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--size", type=int, default=None,
+                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
+    where.add_argument("--native", action="store_true", help="run at the input's own size")
     p.add_argument("--resize-bg", action="store_true", help="resample a bg whose size differs from the image's")
     p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
     _add_device(p)
