@@ -170,3 +170,13 @@ def test_textures_tile_and_fade_to_their_mean(kind):
     # A footprint as large as the patch shows only the mean colour: no detail below the pixel survives.
     blurred = tex.sample(u, v, 2 * spec.patch_m)
     np.testing.assert_allclose(blurred, np.repeat(tex.mean[:, None], 50, axis=1), atol=1e-5)
+
+
+def test_wall_rects_paint_the_wall_without_changing_depth():
+    # The front wall y = L runs from u = W + L (x = W) to u = 2W + L (x = 0); the camera looks at x = 5, z = 1.5.
+    plain = room(wall_rects=(), skirting_m=0.0)
+    red = dataclasses.replace(plain, wall_rects=((24.0, 26.0, 1.0, 2.0, 1.0, 0.0, 0.0),))
+    a, b = render_room(plain, SIZE), render_room(red, SIZE)
+    assert a.depth.tobytes() == b.depth.tobytes()
+    r, g, bl = b.image[16, 20].astype(int)
+    assert r > 40 and g == 0 and bl == 0

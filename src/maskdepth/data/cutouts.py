@@ -90,12 +90,14 @@ def load_cutouts(folder: str | Path, default_height_m: float = 1.0) -> list[Cuto
 
 @dataclass
 class _Layer:
-    """Polygons (metres, y up) drawn with one material; `shade` scales brightness (far limbs, side faces)."""
+    """Polygons (metres, y up) drawn with one material, minus `holes`; `shade` scales brightness (far limbs,
+    side faces)."""
 
     material: TextureSpec
     polys: list[np.ndarray] = field(default_factory=list)
     shade: float = 1.0
     relief: float = 0.5  # 0 flat .. 1 strongly rounded shading
+    holes: list[np.ndarray] = field(default_factory=list)
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 40) -> np.ndarray:
@@ -337,20 +339,27 @@ def _furniture(rng: np.random.Generator, height: float) -> list[_Layer]:
     return [_Layer(mat, [side], 0.7, 0.0), _Layer(mat, [top], 1.15, 0.0), _Layer(mat, front, 1.0, 0.1)]
 
 
-def _blob(rng: np.random.Generator, height: float) -> list[_Layer]:
-    """A star-shaped curve: radius a smooth random function of angle (stones, bags, sculptures, bushes)."""
-    t = np.linspace(0, 2 * np.pi, 160, endpoint=False)
+def _star(rng: np.random.Generator, rough: float, n: int = 160) -> np.ndarray:
+    """A closed curve whose radius is a smooth random function of angle, around (0, 0) with radius about 1."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     r = np.ones_like(t)
-    rough = rng.uniform(0.1, 0.5)
     for k in range(2, 12):
         r += rough * rng.normal(0, 1) / k**1.3 * np.cos(k * t + rng.uniform(0, 2 * np.pi))
     r = np.maximum(r, 0.15)
+    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
+def _blob(rng: np.random.Generator, height: float) -> list[_Layer]:
+    """Star-shaped outline, now and then with holes through it (stones, bags, sculptures, bushes)."""
     aspect = rng.uniform(0.5, 1.8)
-    poly = np.stack([aspect * r * np.cos(t), r * np.sin(t)], axis=1)
-    poly[:, 1] -= poly[:, 1].min()
-    poly *= height / poly[:, 1].max()
+    poly = _star(rng, rng.uniform(0.1, 0.5)) * [aspect, 1.0]
+    holes = [_star(rng, 0.3, 48) * rng.uniform(0.08, 0.2) * [aspect, 1.0] + rng.uniform(-0.35, 0.35, 2) * [aspect, 1]
+             for _ in range(int(rng.integers(1, 4)) if rng.uniform() < 0.35 else 0)]
+    y0, scale = poly[:, 1].min(), height / np.ptp(poly[:, 1])
+    poly = (poly - [0, y0]) * scale  # standing on y = 0, `height` tall
+    holes = [(p - [0, y0]) * scale for p in holes]
     mat = _material(rng, kinds=("noise", "dead_leaves", "stripes", "tiles", "wood"), scale=(0.02, 0.2))
-    return [_Layer(mat, [poly], relief=rng.uniform(0.4, 1.0))]
+    return [_Layer(mat, [poly], relief=rng.uniform(0.4, 1.0), holes=holes)]
 
 
 _SHAPES = {"person": _person, "animal": _animal, "plant": _plant, "lamp": _lamp, "chair": _chair,
@@ -404,7 +413,8 @@ def _render(layers: list[_Layer], size: int, light: np.ndarray, ambient: float) 
     textures = {}
     for layer in layers:
         # Pixel coordinates (y down) of this layer, and the window it touches (plus room for the shading blur).
-        polys = [np.stack([(p[:, 0] - x0) * scale + 1, (y1 - p[:, 1]) * scale + 1], axis=1) for p in layer.polys]
+        polys, holes = ([np.stack([(p[:, 0] - x0) * scale + 1, (y1 - p[:, 1]) * scale + 1], axis=1) for p in ps]
+                        for ps in (layer.polys, layer.holes))
         lp = np.concatenate(polys)
         blur = max(1, int(round(min(np.ptp(lp[:, 0]), np.ptp(lp[:, 1])) * 0.15 * layer.relief)))
         c0 = max(int(lp[:, 0].min()) - blur - 1, 0)
@@ -413,8 +423,8 @@ def _render(layers: list[_Layer], size: int, light: np.ndarray, ambient: float) 
         r1 = min(int(math.ceil(lp[:, 1].max())) + blur + 1, ch)
         mask = Image.new("L", ((c1 - c0) * SS, (r1 - r0) * SS), 0)
         draw = ImageDraw.Draw(mask)
-        for p in polys:
-            draw.polygon([((x - c0) * SS, (y - r0) * SS) for x, y in p.tolist()], fill=255)
+        for p, fill in [(p, 255) for p in polys] + [(p, 0) for p in holes]:
+            draw.polygon([((x - c0) * SS, (y - r0) * SS) for x, y in p.tolist()], fill=fill)
         union.paste(255, (c0 * SS, r0 * SS), mask)
         cover = np.asarray(mask.reduce(SS), np.float32) / 255.0
         # Colour: the material at the pixel's position in metres, shaded by a normal from the blurred coverage.

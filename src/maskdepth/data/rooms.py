@@ -50,6 +50,9 @@ class RoomParams:
     ceiling: TextureSpec
     skirting_m: float  # skirting board height on the walls (0: none)
     skirting_color: tuple[float, float, float]
+    # Doors and windows: rectangles painted on the walls in order, each (u0, u1, z0, z1, r, g, b), u being the
+    # distance along the walls from the corner (0, 0) going +x first (as the wall texture's u), z the height.
+    wall_rects: tuple[tuple[float, ...], ...]
     light_x: float  # point light position (m)
     light_y: float
     light_z: float
@@ -68,6 +71,8 @@ class RoomParams:
             value = d[f.name]
             if f.name in ("floor", "walls", "ceiling"):
                 value = TextureSpec.from_dict(value)
+            elif f.name == "wall_rects":
+                value = tuple(tuple(r) for r in value)
             elif isinstance(value, list):
                 value = tuple(value)
             kw[f.name] = value
@@ -102,6 +107,30 @@ def _surface(rng: np.random.Generator, table, sat, val, contrast, hue_spread=0.0
     return random_spec(rng, kind, rng.uniform(*_SCALES[kind]), a, b, contrast=contrast)
 
 
+def _openings(rng: np.random.Generator, width: float, length: float, height: float) -> tuple:
+    """Up to one door and two windows, each on its own wall, each a framed panel (two wall rectangles)."""
+    starts = (0.0, width, width + length, 2 * width + length)
+    walls = (width, length, width, length)
+    rects = []
+    kinds = ["door"] * int(rng.integers(0, 2)) + ["window"] * int(rng.integers(0, 3))
+    for kind, k in zip(kinds, rng.permutation(4)):
+        if kind == "door":
+            w, z0, z1 = rng.uniform(0.75, 1.0), 0.0, min(rng.uniform(1.95, 2.2), height - 0.15)
+            panel = random_color(rng, sat=(0.0, 0.5), val=(0.2, 0.9))
+        else:
+            z0 = rng.uniform(0.7, 1.1)
+            w, z1 = rng.uniform(0.6, 2.0), min(z0 + rng.uniform(0.9, 1.6), height - 0.2)
+            panel = random_color(rng, sat=(0.0, 0.35), val=(0.75, 1.0), hue=(0.5, 0.65))
+        if walls[k] < w + 0.6:
+            continue
+        u0 = starts[k] + rng.uniform(0.3, walls[k] - w - 0.3)
+        frame_m = rng.uniform(0.03, 0.09)
+        frame = random_color(rng, sat=(0.0, 0.2), val=(0.3, 1.0))
+        rects.append((u0 - frame_m, u0 + w + frame_m, max(z0 - frame_m, 0.0), z1 + frame_m, *frame))
+        rects.append((u0, u0 + w, z0, z1, *panel))
+    return tuple(tuple(round(float(x), 4) for x in r) for r in rects)
+
+
 def sample_room(rng: np.random.Generator) -> RoomParams:
     """Draw a random room, camera, surfaces and light."""
     width, length = (round(float(x), 4) for x in rng.uniform(3.0, 10.0, size=2))
@@ -129,6 +158,7 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
         floor=floor, walls=walls, ceiling=ceiling,
         skirting_m=round(float(rng.uniform(0.05, 0.15)) if rng.uniform() < 0.6 else 0.0, 4),
         skirting_color=random_color(rng, sat=(0.0, 0.3), val=(0.2, 0.95)),
+        wall_rects=_openings(rng, width, length, height),
         light_x=round(float(rng.uniform(0.15, 0.85) * width), 4),
         light_y=round(float(rng.uniform(0.15, 0.85) * length), 4),
         light_z=round(float(height - rng.uniform(0.05, 0.6)), 4),
@@ -206,7 +236,8 @@ def ray_depth(params: RoomParams, size: tuple[int, int], rows, cols) -> np.ndarr
 
 
 def _texels_for(size: tuple[int, int]) -> int:
-    return 256 if max(size) <= 320 else 512
+    """Texture resolution for a render size: about one texel per pixel on the nearest surfaces."""
+    return 128 if max(size) <= 128 else 256 if max(size) <= 320 else 512
 
 
 def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
@@ -244,11 +275,14 @@ def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
         if idx.size:
             tex: Texture = make_texture(spec, n)
             albedo.reshape(3, -1)[:, idx] = tex.sample(u.ravel()[idx], v.ravel()[idx], fp.ravel()[idx])
+    # Skirting board, then doors and windows, painted with box-filtered (anti-aliased) edges.
+    on_wall = axis != 2
     if params.skirting_m > 0:
-        # Box-filtered edge: coverage of the skirting board over the pixel's footprint.
-        cover = np.clip((params.skirting_m - p[2]) / np.maximum(fp, 1e-6) + 0.5, 0, 1) * (axis != 2)
-        skirt = np.asarray(params.skirting_color, np.float32)[:, None, None]
-        albedo += (skirt - albedo) * cover
+        cover = _box_cover(p[2], -1.0, params.skirting_m, fp) * on_wall
+        albedo += (np.asarray(params.skirting_color, np.float32)[:, None, None] - albedo) * cover
+    for u0, u1, z0, z1, *colour in params.wall_rects:
+        cover = _box_cover(wall_u, u0, u1, fp) * _box_cover(p[2], z0, z1, fp) * on_wall
+        albedo += (np.asarray(colour, np.float32)[:, None, None] - albedo) * cover
 
     shade = _shading(params, hits, p, size)
     # Shading is linear light; a gamma of 2 takes it to display values: out = albedo * sqrt(shade).
@@ -258,6 +292,12 @@ def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
     rgb *= np.float32(params.exposure / max(float(luma), 1e-6))
     image = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return Background(image=np.ascontiguousarray(image), depth=t, floor=floor, focal_px=hits.f)
+
+
+def _box_cover(x: np.ndarray, lo: float, hi: float, fp: np.ndarray) -> np.ndarray:
+    """Fraction of [x - fp/2, x + fp/2] inside [lo, hi]: anti-aliased edges of wall rectangles."""
+    half = fp / 2
+    return np.clip((np.minimum(x + half, hi) - np.maximum(x - half, lo)) / np.maximum(fp, 1e-6), 0, 1)
 
 
 def _footprint(params: RoomParams, hits: _Hits) -> np.ndarray:
