@@ -1,7 +1,92 @@
-"""Arguments of `maskdepth data` subcommands (filled in by the module's owner)."""
+"""`maskdepth data make OUT`: a procedural (or user-picture) dataset folder, seeded, parallel and resumable."""
 
 from __future__ import annotations
 
+import argparse
+import os
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 
 def register(dsub) -> None:
-    pass
+    p = dsub.add_parser(
+        "make", help="make a dataset: composites with exact mask and metric depth",
+        description="Make a dataset folder of composites (cutouts stood on the floor of backgrounds) with exact "
+                    "masks and depth. Seeded: the same options give the same bytes. Resumable: rerun the same "
+                    "command after an interruption. Parallel: --workers processes on one machine, --shards a:b to "
+                    "split the work over machines.",
+        epilog="examples: maskdepth data make data/small\n"
+               "          maskdepth data make data/seed --preset seed --workers 8\n"
+               "          maskdepth data make data/seed --preset seed --shards 0:200   (machine 1 of 2)\n"
+               "          maskdepth data make data/mine --bg-dir photos/ --fg-dir cutouts/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", metavar="OUT", help="dataset folder to create or resume")
+    p.add_argument("--preset", choices=["seed"],
+                   help="seed: the seeds' scale, 100 backgrounds x 100 cutouts x 2 flips x 20 = 400,000 samples "
+                        "at 192x192 (options given explicitly still win)")
+    p.add_argument("--size", metavar="S|HxW", help="image size (default 192)")
+    p.add_argument("--backgrounds", type=int, metavar="N", help="procedural rooms (default 20)")
+    p.add_argument("--foregrounds", type=int, metavar="N",
+                   help="procedural cutouts, each also drawn mirrored: N cutouts = 2N foreground ids (default 20)")
+    p.add_argument("--per-pair", type=int, metavar="N",
+                   help="placements of each (background, foreground id) pair (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bg-dir", metavar="DIR", help="your background photos instead of rooms (centre-cropped and "
+                                                  "resized to --size; depth unknown)")
+    p.add_argument("--fg-dir", metavar="DIR", help="your RGBA PNG cutouts instead of procedural ones")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                   help="fraction of backgrounds held out for the test split (default 0.1)")
+    p.add_argument("--shards", metavar="A:B", help="build only global shards A..B-1 (train shards first, then test); "
+                                                  "machines building disjoint ranges into copies of OUT together "
+                                                  "make the whole dataset")
+    p.add_argument("--workers", type=int, default=_cores(), metavar="N",
+                   help=f"processes (default: the cores here, {_cores()})")
+    p.add_argument("--force", action="store_true", help="replace the contents of OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_make)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    from maskdepth.errors import UserError
+
+    parts = str(text).lower().split("x")
+    try:
+        hw = [int(x) for x in parts]
+    except ValueError:
+        hw = []
+    if len(hw) == 1:
+        hw *= 2
+    if len(hw) != 2:
+        raise UserError(f"--size {text}: give one side (192) or HxW (192x256)")
+    return hw[0], hw[1]
+
+
+def _make(args) -> int:
+    import sys
+
+    from maskdepth.data.make import PRESETS, MakeConfig, make_dataset
+    from maskdepth.errors import UserError
+
+    given = {"backgrounds": args.backgrounds, "foregrounds": args.foregrounds, "per_pair": args.per_pair,
+             "size": parse_size(args.size) if args.size else None}
+    if args.bg_dir and args.backgrounds is not None:
+        raise UserError("--backgrounds counts procedural rooms; with --bg-dir the photos are the backgrounds: "
+                        "give one or the other")
+    if args.fg_dir and args.foregrounds is not None:
+        raise UserError("--foregrounds counts procedural cutouts; with --fg-dir your cutouts are the "
+                        "foregrounds: give one or the other")
+    options = dict(PRESETS[args.preset]) if args.preset else {}
+    options.update({k: v for k, v in given.items() if v is not None})
+    cfg = MakeConfig(seed=args.seed, shard_size=args.shard_size, test_fraction=args.test_fraction,
+                     bg_dir=args.bg_dir, fg_dir=args.fg_dir, **options)
+    summary = make_dataset(args.out, cfg, shards=args.shards, workers=args.workers, force=args.force,
+                           progress=not args.quiet)
+    counts = summary["metadata"]["counts"]
+    print(f"{args.out}: {summary['shards_written']} shard(s), {summary['samples_written']} samples written; "
+          f"{summary['shards_complete_before']} already complete; shards {summary['shards_in_range']} of "
+          f"{summary['total_shards']} in range; dataset: {counts['train']} train + {counts['test']} test samples",
+          file=sys.stderr)
+    return 0

@@ -45,6 +45,29 @@ ATLAS_PAD = 2  # zero pixels around every mip level, so bilinear sampling never 
 MIN_MIP_SIZE = 8  # smallest mip level side
 
 
+# streams of `seed_for`: each kind of random draw has its own, so adding one never shifts another
+STREAM_BACKGROUND, STREAM_CUTOUT, STREAM_SPLIT, STREAM_ORDER, STREAM_SHARD, STREAM_STEP = range(1, 7)
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed that depends only on the integer keys, e.g. (seed, STREAM_SHARD, shard index)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def procedural_background(seed: int, index: int, size: tuple[int, int]) -> Background:
+    """Procedural room `index` of a dataset seeded `seed`: a function of (seed, index, size) only."""
+    from maskdepth.data.rooms import render_room, sample_room
+
+    return render_room(sample_room(np.random.default_rng(seed_for(seed, STREAM_BACKGROUND, index))), size)
+
+
+def procedural_foreground(seed: int, index: int, size: int = CUTOUT_SIZE) -> Cutout:
+    """Procedural cutout `index` of a dataset seeded `seed`: a function of (seed, index, size) only."""
+    from maskdepth.data.cutouts import procedural_cutout
+
+    return procedural_cutout(np.random.default_rng(seed_for(seed, STREAM_CUTOUT, index)), size)
+
+
 def nominal_ground(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
     """(depth (H,W) float32, floor (H,W) bool, focal_px) of the nominal camera over a flat floor.
 
@@ -223,7 +246,7 @@ class CutoutBank:
             h, w = rgba.shape[:2]
             rh, rw = (size, max(1, round(size * w / h))) if h >= w else (max(1, round(size * h / w)), size)
             ox, oy = (size - rw) // 2, (size - rh) // 2
-            t = torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1)[None].float() / 255.0
+            t = torch.tensor(rgba).permute(2, 0, 1)[None].float() / 255.0
             t = torch.cat([t[:, :3] * t[:, 3:], t[:, 3:]], dim=1)  # premultiplied: filtering never darkens edges
             t = F.interpolate(t, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
             cell = torch.zeros(1, 4, size, size)

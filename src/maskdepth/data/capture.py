@@ -8,6 +8,7 @@ host syncs, so it can run inside the on-the-fly generator.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ _CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 2
            47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
 
 
+@functools.lru_cache(maxsize=8)
 def _dct_matrix(device, dtype) -> torch.Tensor:
     k = torch.arange(8, device=device, dtype=torch.float64)
     m = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
@@ -102,11 +104,17 @@ def _dct_matrix(device, dtype) -> torch.Tensor:
     return m.to(dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _base_tables(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # kept per device: copying the constants to a GPU on every call would wait for the GPU's queue
+    return torch.tensor([_LUMA, _CHROMA], dtype=dtype).view(1, 2, 8, 8).to(device)
+
+
 def _quant_tables(quality: torch.Tensor) -> torch.Tensor:
     """(N,) quality 1..100 -> (N,2,8,8) luma and chroma quantisation steps, libjpeg's scaling."""
     q = quality.clamp(1, 100)
     scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
-    base = torch.tensor([_LUMA, _CHROMA], device=q.device, dtype=q.dtype).view(1, 2, 8, 8)
+    base = _base_tables(q.device, q.dtype)
     return torch.floor((base * scale.view(-1, 1, 1, 1) + 50) / 100).clamp(1, 255)
 
 

@@ -54,6 +54,10 @@ class Placement:
     def __len__(self) -> int:
         return self.bg_idx.shape[0]
 
+    def select(self, idx: torch.Tensor | slice) -> Placement:
+        """The placements at `idx` (an index tensor or a slice)."""
+        return Placement(**{k: v[idx] for k, v in self.__dict__.items()})
+
     @property
     def box(self) -> torch.Tensor:
         """(N,4) float32 [x0, y0, x1, y1]."""

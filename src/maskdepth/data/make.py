@@ -1,0 +1,440 @@
+"""`maskdepth data make`: a dataset folder of composites with exact ground truth, seeded, parallel and resumable.
+
+What is made is a pure function of the `MakeConfig` (and the user's pictures, if any):
+- backgrounds (procedural room k depends on (seed, k)) and cutouts (likewise), stored once;
+- the split: a seeded choice of held-out backgrounds (test);
+- per split, every (background, cutout, flip) triple `per_pair` times, in a seeded global order, cut into shards
+  of `shard_size`; shard i's placements come from a generator seeded by (seed, i).
+So shard i depends only on (seed, i): a machine can build any `--shards a:b` range, N machines together build the
+one-machine dataset, and a rerun skips complete shards (a shard file exists only once complete).
+
+metadata.json is written before anything else and holds only deterministic content (no paths, times or worker
+counts), so every machine and every rerun writes the same file; a folder whose metadata differs is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskdepth.data.banks import (
+    CUTOUT_SIZE,
+    STREAM_ORDER,
+    STREAM_SHARD,
+    STREAM_SPLIT,
+    BackgroundBank,
+    CutoutBank,
+    nominal_ground,
+    procedural_background,
+    procedural_foreground,
+    seed_for,
+)
+from maskdepth.data.compose import ComposeConfig, Placement, composite, placement_windows, sample_placements
+from maskdepth.errors import UserError
+
+GENERATOR_NAME = "maskdepth.data.make"
+DEPTH_SCALE = 0.001  # depth PNGs in millimetres
+JPEG_QUALITY = 92
+CHUNK = 64  # samples composited together on the CPU
+SPLITS = ("train", "test")
+PRESETS: dict[str, dict[str, Any]] = {
+    # the seeds' scale: 100 backgrounds x 100 cutouts x 2 flips x 20 placements = 400,000 samples at 192x192
+    "seed": {"backgrounds": 100, "foregrounds": 100, "per_pair": 20, "size": (192, 192)},
+}
+
+
+@dataclass(frozen=True)
+class MakeConfig:
+    """Everything that decides a dataset's content. `foregrounds` counts cutouts (each also drawn mirrored)."""
+
+    size: tuple[int, int] = (192, 192)
+    backgrounds: int = 20
+    foregrounds: int = 20
+    per_pair: int = 20
+    seed: int = 0
+    shard_size: int = 1000
+    test_fraction: float = 0.1
+    bg_dir: str | None = None  # the user's background photos instead of procedural rooms
+    fg_dir: str | None = None  # the user's RGBA cutouts instead of procedural ones
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
+
+    def check(self) -> None:
+        h, w = self.size
+        if not (16 <= h <= 4096 and 16 <= w <= 4096):
+            raise UserError(f"--size {h}x{w}: each side must be between 16 and 4096 pixels")
+        for name in ("backgrounds", "foregrounds", "per_pair", "shard_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if not 0 <= self.test_fraction < 1:
+            raise UserError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
+
+
+def command_line(cfg: MakeConfig) -> str:
+    """The command that rebuilds exactly this dataset (into any OUT, with any --workers or --shards)."""
+    h, w = cfg.size
+    parts = ["maskdepth data make OUT", f"--size {h}x{w}"]
+    parts += [f"--bg-dir {cfg.bg_dir}"] if cfg.bg_dir else [f"--backgrounds {cfg.backgrounds}"]
+    parts += [f"--fg-dir {cfg.fg_dir}"] if cfg.fg_dir else [f"--foregrounds {cfg.foregrounds}"]
+    parts += [f"--per-pair {cfg.per_pair}", f"--seed {cfg.seed}", f"--shard-size {cfg.shard_size}",
+              f"--test-fraction {cfg.test_fraction}"]
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the plan: which samples each shard holds
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the workers need to build any shard (small and picklable)."""
+
+    root: str
+    cfg: MakeConfig
+    n_cutouts: int
+    split_backgrounds: dict[str, tuple[int, ...]]  # split -> background ids
+    digest: str = ""  # of the metadata: a worker's banks are reused only for the same dataset
+
+    def split_samples(self, split: str) -> int:
+        return len(self.split_backgrounds[split]) * self.n_cutouts * 2 * self.cfg.per_pair
+
+    def split_shards(self, split: str) -> int:
+        return math.ceil(self.split_samples(split) / self.cfg.shard_size)
+
+    @property
+    def total_shards(self) -> int:
+        return sum(self.split_shards(s) for s in SPLITS)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """Global shard index -> (split, index within the split). Train shards come first."""
+        for split in SPLITS:
+            n = self.split_shards(split)
+            if index < n:
+                return split, index
+            index -= n
+        raise IndexError(index)
+
+    def shard_path(self, index: int) -> Path:
+        from maskdepth.data.shards import shard_name
+
+        split, j = self.locate(index)
+        return Path(self.root) / "shards" / shard_name(split, j)
+
+    def shard_count(self, split: str, j: int) -> int:
+        return min(self.cfg.shard_size, self.split_samples(split) - j * self.cfg.shard_size)
+
+    def triples(self, split: str, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sample number in the split, background id, cutout id, flip) of shard j's samples."""
+        per_pair, n_cut = self.cfg.per_pair, self.n_cutouts
+        order = _split_order(self.cfg.seed, SPLITS.index(split), self.split_samples(split))
+        k = np.arange(j * self.cfg.shard_size, j * self.cfg.shard_size + self.shard_count(split, j))
+        pair = order[k] // per_pair
+        bgs = np.asarray(self.split_backgrounds[split], dtype=np.int64)
+        return k, bgs[pair // (2 * n_cut)], (pair % (2 * n_cut)) // 2, pair % 2
+
+
+_ORDER_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _split_order(seed: int, split_code: int, n: int) -> np.ndarray:
+    key = (seed, split_code, n)
+    if key not in _ORDER_CACHE:
+        _ORDER_CACHE[key] = np.random.default_rng(seed_for(seed, STREAM_ORDER, split_code)).permutation(n)
+    return _ORDER_CACHE[key]
+
+
+def test_backgrounds(seed: int, n_backgrounds: int, fraction: float) -> list[int]:
+    """The held-out backgrounds: a seeded choice of round(fraction * n), at least one if fraction > 0, and never
+    all of them."""
+    n_test = min(max(round(fraction * n_backgrounds), 1 if fraction > 0 else 0), n_backgrounds - 1)
+    rng = np.random.default_rng(seed_for(seed, STREAM_SPLIT))
+    return sorted(int(i) for i in rng.choice(n_backgrounds, size=n_test, replace=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building one shard (in a worker)
+
+_BANKS: dict[tuple[str, str], tuple[BackgroundBank, CutoutBank, np.ndarray, np.ndarray]] = {}
+
+
+def _banks(plan: Plan) -> tuple[BackgroundBank, CutoutBank, np.ndarray, np.ndarray]:
+    """Banks read back from the dataset folder (once per process), so shards are composed from exactly the stored
+    backgrounds and cutouts; plus the backgrounds as (B,H,W,3) uint8 and (B,H,W) float32 depth."""
+    key = (plan.root, plan.digest)
+    if key not in _BANKS:
+        _BANKS.clear()
+        bgs = BackgroundBank.from_dataset(plan.root)
+        cutouts = CutoutBank.from_dataset(plan.root)
+        _BANKS[key] = (bgs, cutouts, bgs.image.permute(0, 2, 3, 1).contiguous().numpy(), bgs.depth[:, 0].numpy())
+    return _BANKS[key]
+
+
+def render_samples(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: ComposeConfig,
+                   bg_rgb: np.ndarray, bg_depth: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (i, image (H,W,3) uint8, mask (H,W) uint8, depth (H,W) float32) for each placement, in an order of
+    window sizes. Only each placement's window is composited (`composite` with a window gives the full frame's
+    values there; outside it the frame is the background), in chunks of similar window size."""
+    h_img, w_img = bgs.size
+    win = placement_windows(cutouts, p, cfg, (h_img, w_img)).numpy()
+    wh = win[:, 3] - win[:, 1]
+    ww = win[:, 2] - win[:, 0]
+    order = np.lexsort((ww, wh))
+    for start in range(0, len(order), CHUNK):
+        idx = order[start:start + CHUNK]
+        ch, cw = max(1, int(wh[idx].max())), max(1, int(ww[idx].max()))
+        ox = np.minimum(win[idx, 0], w_img - cw)
+        oy = np.minimum(win[idx, 1], h_img - ch)
+        origin = torch.from_numpy(np.stack([ox, oy], 1))
+        out = composite(bgs, cutouts, p.select(torch.from_numpy(idx)), cfg, origin, (ch, cw))
+        image = (out["image"] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        mask = (out["mask"][:, 0] * 255).round().to(torch.uint8).numpy()
+        depth = out["depth"][:, 0].numpy()
+        for n, i in enumerate(idx.tolist()):
+            b = int(p.bg_idx[i])
+            x, y = int(ox[n]), int(oy[n])
+            full_image = bg_rgb[b].copy()
+            full_image[y:y + ch, x:x + cw] = image[n]
+            full_mask = np.zeros((h_img, w_img), np.uint8)
+            full_mask[y:y + ch, x:x + cw] = mask[n]
+            full_depth = bg_depth[b].copy()
+            full_depth[y:y + ch, x:x + cw] = depth[n]
+            yield i, full_image, full_mask, full_depth
+
+
+def build_shard(plan: Plan, index: int) -> int:
+    """Write global shard `index` (atomically). Returns its sample count."""
+    from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
+    from maskdepth.data.shards import write_shard
+
+    bgs, cutouts, bg_rgb, bg_depth = _banks(plan)
+    split, j = plan.locate(index)
+    k, bg_id, cut_id, flip = plan.triples(split, j)
+    g = torch.Generator().manual_seed(seed_for(plan.cfg.seed, STREAM_SHARD, index))
+    p = sample_placements(bgs, cutouts, torch.from_numpy(bg_id), torch.from_numpy(cut_id),
+                          torch.from_numpy(flip.astype(bool)), g, plan.cfg.compose)
+    box = p.box.double().numpy().round(2)
+    contact = p.contact.numpy()
+    scale, depth_c, shadow = p.scale.numpy(), p.contact_depth.numpy(), p.shadow.numpy()
+    known = p.depth_known.numpy()
+    encoded: list[tuple[str, dict[str, bytes]] | None] = [None] * len(k)
+    for i, image, mask, depth in render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth):
+        info = {"bg": int(bg_id[i]), "fg": int(cut_id[i]), "flip": bool(flip[i]), "box": box[i].tolist(),
+                "scale": round(float(scale[i]), 4), "contact": [float(contact[i, 0]), float(contact[i, 1])],
+                "contact_depth": round(float(depth_c[i]), 4), "depth_known": bool(known[i]),
+                "shadow": round(float(shadow[i]), 3)}
+        encoded[i] = (f"{split}-{int(k[i]):07d}", {
+            "fg_bg.jpg": encode_jpeg(image, JPEG_QUALITY),
+            "mask.png": encode_png(mask),
+            "depth.png": encode_depth_png(depth, DEPTH_SCALE),
+            "json": json.dumps(info, sort_keys=True, separators=(",", ":")).encode(),
+        })
+    _remove_stale_temps(plan.shard_path(index))
+    return write_shard(plan.shard_path(index), encoded)  # type: ignore[arg-type]
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temporary files an interrupted write of `path` left (fileio.atomic_path names them .NAME.*.tmp)."""
+    if path.parent.is_dir():
+        for t in path.parent.glob(f".{path.name}.*.tmp"):
+            t.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the assets
+
+
+@dataclass
+class Assets:
+    backgrounds: list  # of rooms.Background
+    cutouts: list  # of cutouts.Cutout
+    sources: list[str]  # per background: "procedural" or the photo's name
+    skipped: list  # photos.Skipped: the user's pictures that could not be used
+
+
+def _procedural_bg(args: tuple[int, int, tuple[int, int]]):
+    return procedural_background(*args)
+
+
+def _procedural_fg(args: tuple[int, int]):
+    return procedural_foreground(*args)
+
+
+def load_assets(cfg: MakeConfig, pool=None) -> Assets:
+    from maskdepth.data import photos
+
+    run = pool.map if pool is not None else map
+    skipped: list = []
+    if cfg.bg_dir:
+        found, bad = photos.load_background_photos(cfg.bg_dir, cfg.size, fit="crop")
+        backgrounds, sources = [ph.background for ph in found], [ph.name for ph in found]
+        skipped += bad
+    else:
+        backgrounds = list(run(_procedural_bg, [(cfg.seed, i, cfg.size) for i in range(cfg.backgrounds)]))
+        sources = ["procedural"] * len(backgrounds)
+    if cfg.fg_dir:
+        cutouts, bad = photos.load_cutout_photos(cfg.fg_dir, max_side=max(cfg.size))
+        skipped += bad
+    else:
+        cutouts = list(run(_procedural_fg, [(cfg.seed, i) for i in range(cfg.foregrounds)]))
+    return Assets(backgrounds, cutouts, sources, skipped)
+
+
+def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan) -> dict[str, Any]:
+    from maskdepth import __version__
+    from maskdepth.data.shards import FORMAT, FORMAT_VERSION, round_depth_max, shard_name
+
+    known = [float(b.depth.max()) for b in assets.backgrounds if (b.depth > 0).any()]
+    if known:
+        depth_max = round_depth_max(max(known))
+    else:  # photos without depth: nothing is known; bound by the nominal floor the objects stand on
+        d, floor, _ = nominal_ground(cfg.size)
+        depth_max = round_depth_max(float(d[floor].max()))
+    counts = {"backgrounds": len(assets.backgrounds), "cutouts": len(assets.cutouts),
+              "foregrounds": 2 * len(assets.cutouts)}
+    counts.update({s: plan.split_samples(s) for s in SPLITS})
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "generator": {"name": GENERATOR_NAME, "version": __version__},
+        "source": "photos" if cfg.bg_dir else "procedural",
+        "seed": cfg.seed, "size": list(cfg.size), "per_pair": cfg.per_pair, "shard_size": cfg.shard_size,
+        "counts": counts,
+        "compose": dataclasses.asdict(cfg.compose),
+        "jpeg_quality": JPEG_QUALITY, "cutout_size": CUTOUT_SIZE,
+        "depth": {"unit": "metres", "scale": DEPTH_SCALE, "max": depth_max},
+        "split": {"by": "background", "test_fraction": cfg.test_fraction,
+                  "test_backgrounds": list(plan.split_backgrounds["test"])},
+        "shards": {s: [shard_name(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
+        "shard_counts": {s: [plan.shard_count(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
+        "backgrounds": [{"focal_px": float(b.focal_px), "source": src}
+                        for b, src in zip(assets.backgrounds, assets.sources)],
+        "cutouts": [{"name": c.name, "height_m": float(c.height_m)} for c in assets.cutouts],
+        "command": command_line(cfg),
+    }
+    return json.loads(json.dumps(meta))  # as it reads back: tuples become lists
+
+
+def write_assets(root: Path, assets: Assets) -> None:
+    """Backgrounds (RGB, 16-bit depth in mm, floor) and cutouts (RGBA), each file skipped if already there."""
+    from maskdepth.codecs import encode_depth_png, encode_png
+    from maskdepth.data.shards import background_files, cutout_file
+    from maskdepth.fileio import atomic_write_bytes
+
+    def put(path: Path, make) -> None:
+        if not path.exists():
+            _remove_stale_temps(path)
+            atomic_write_bytes(path, make())
+
+    for i, b in enumerate(assets.backgrounds):
+        rgb_p, depth_p, floor_p = background_files(root, i)
+        put(rgb_p, lambda b=b: encode_png(b.image))
+        put(depth_p, lambda b=b: encode_depth_png(b.depth, DEPTH_SCALE))
+        put(floor_p, lambda b=b: encode_png(b.floor.astype(np.uint8) * 255))
+    for i, c in enumerate(assets.cutouts):
+        put(cutout_file(root, i), lambda c=c: encode_png(c.rgba))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the whole command
+
+
+def parse_shards(text: str | None, total: int) -> range:
+    """'a:b' (either end may be left out) -> range of global shard indices within [0, total)."""
+    if text is None:
+        return range(total)
+    a, sep, b = text.partition(":")
+    try:
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else total
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 0 <= lo < hi <= total:
+        raise UserError(f"--shards {text}: give a range a:b with 0 <= a < b <= {total} (this dataset has {total} "
+                        "shards)")
+    return range(lo, hi)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core; threads would only fight each other
+
+
+def _build_task(args: tuple[Plan, int]) -> int:
+    return build_shard(*args)
+
+
+def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = None, workers: int = 1,
+                 force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Build (or resume) the dataset `cfg` in `out`; only the global shard range `shards` ('a:b') if given.
+    Returns a summary: shards and samples written, shards already complete, the metadata."""
+    from maskdepth.data.shards import METADATA, read_metadata, write_metadata
+    from maskdepth.fileio import prepare_output_dir
+    from maskdepth.progress import Progress
+
+    cfg.check()
+    out = Path(out)
+    prepare_output_dir(out, force, owned_by=METADATA, what="dataset")
+    if force:  # replace our own earlier dataset too (prepare_output_dir keeps a folder it recognises)
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    workers = max(1, int(workers))
+    # fork: workers start at once with everything imported (make never touches CUDA, which fork would upset)
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    pool = ctx.Pool(workers, initializer=_init_worker) if workers > 1 else None
+    threads = torch.get_num_threads()
+    ok = False
+    try:
+        if pool is None:
+            torch.set_num_threads(1)  # the same arithmetic as a worker's, so the bytes do not depend on --workers
+        assets = load_assets(cfg, pool)
+        test = test_backgrounds(cfg.seed, len(assets.backgrounds), cfg.test_fraction)
+        plan = Plan(str(out), cfg, len(assets.cutouts), {
+            "train": tuple(i for i in range(len(assets.backgrounds)) if i not in test), "test": tuple(test)})
+        meta = build_metadata(cfg, assets, plan)
+        plan = dataclasses.replace(plan, digest=hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest())
+        if (out / METADATA).exists():
+            old = read_metadata(out)
+            if old != meta:
+                diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+                raise UserError(f"{out}: holds a different maskdepth dataset (differs in {', '.join(diff)}); "
+                                "choose another folder, rerun with its own options, or pass --force to replace it")
+        else:
+            _remove_stale_temps(out / METADATA)
+            write_metadata(out, meta)
+        if assets.skipped:
+            from maskdepth.data.photos import write_skip_report
+
+            write_skip_report(out / "skipped.json", assets.skipped)
+            print(f"maskdepth: skipped {len(assets.skipped)} unusable picture(s), listed in {out / 'skipped.json'}",
+                  file=sys.stderr)
+        write_assets(out, assets)
+
+        wanted = parse_shards(shards, plan.total_shards)
+        todo = [i for i in wanted if not plan.shard_path(i).exists()]
+        total = sum(plan.shard_count(*plan.locate(i)) for i in todo)
+        written = 0
+        with Progress(total, "data make", unit="samples", enabled=progress) as bar:
+            tasks = [(plan, i) for i in todo]
+            results = pool.imap_unordered(_build_task, tasks) if pool is not None else map(_build_task, tasks)
+            for n in results:
+                written += n
+                bar.update(n)
+        ok = True
+    finally:
+        torch.set_num_threads(threads)
+        _BANKS.clear()
+        if pool is not None:
+            pool.close() if ok else pool.terminate()
+            pool.join()
+    return {"shards_written": len(todo), "samples_written": written, "shards_complete_before": len(wanted) - len(todo),
+            "shards_in_range": len(wanted), "total_shards": plan.total_shards, "metadata": meta}
