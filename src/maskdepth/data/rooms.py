@@ -90,6 +90,9 @@ _SCALES = {"noise": (1.0, 4.0), "dead_leaves": (0.05, 0.4), "tiles": (0.15, 0.6)
            "stripes": (0.03, 0.4), "wood": (0.2, 0.6)}
 
 
+MAX_PITCH = math.radians(35.0)
+
+
 def _pick(rng: np.random.Generator, table: tuple[tuple[str, float], ...]) -> str:
     names, probs = zip(*table)
     return names[int(rng.choice(len(names), p=np.array(probs) / sum(probs)))]
@@ -136,16 +139,24 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
     width, length = (round(float(x), 4) for x in rng.uniform(3.0, 10.0, size=2))
     height = round(float(rng.uniform(2.4, 4.0)), 4)
     cam_height = float(rng.uniform(1.0, min(2.2, height - 0.3)))
-    yaw = float(rng.uniform(-math.pi, math.pi))
-    # Stand back from the room's centre, against the view direction, so the camera looks across the room.
+    pitch, vfov = math.radians(rng.uniform(5.0, 35.0)), math.radians(rng.uniform(45.0, 75.0))
     margin = 0.3
-    back = rng.uniform(0.2, 0.9)
-    side = rng.uniform(-0.4, 0.4)
-    fx, fy = math.sin(yaw), math.cos(yaw)
-    cam_x = width / 2 + (-back * fx + side * fy) * (width / 2 - margin)
-    cam_y = length / 2 + (-back * fy - side * fx) * (length / 2 - margin)
-    cam_x = float(np.clip(cam_x, margin, width - margin))
-    cam_y = float(np.clip(cam_y, margin, length - margin))
+    for _ in range(100):
+        yaw = float(rng.uniform(-math.pi, math.pi))
+        # Stand back from the room's centre, against the view direction, so the camera looks across the room.
+        back, side = rng.uniform(0.2, 0.9), rng.uniform(-0.4, 0.4)
+        fx, fy = math.sin(yaw), math.cos(yaw)
+        cam_x = float(np.clip(width / 2 + (-back * fx + side * fy) * (width / 2 - margin), margin, width - margin))
+        cam_y = float(np.clip(length / 2 + (-back * fy - side * fx) * (length / 2 - margin), margin,
+                              length - margin))
+        # Keep at least ~30% of the view on the floor (room to stand objects): the floor's far edge straight
+        # ahead is `horizon` below level; tilt further down if needed, else draw another position.
+        ahead = min((width - cam_x) / fx if fx > 0 else -cam_x / fx if fx < 0 else math.inf,
+                    (length - cam_y) / fy if fy > 0 else -cam_y / fy if fy < 0 else math.inf)
+        needed = math.atan2(cam_height, ahead) - vfov / 2 + 0.3 * vfov
+        if needed <= MAX_PITCH:
+            pitch = max(pitch, needed)
+            break
     floor = _surface(rng, _FLOOR_KINDS, sat=(0.0, 0.6), val=(0.15, 0.8), contrast=(0.3, 0.9))
     walls = _surface(rng, _WALL_KINDS, sat=(0.0, 0.45), val=(0.4, 0.95), contrast=(0.2, 0.8))
     ceiling = _surface(rng, _CEILING_KINDS, sat=(0.0, 0.12), val=(0.7, 0.97), contrast=(0.05, 0.3))
@@ -153,8 +164,7 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
     return RoomParams(
         width=width, length=length, height=height,
         cam_x=round(cam_x, 4), cam_y=round(cam_y, 4), cam_height=round(cam_height, 4),
-        pitch=round(math.radians(rng.uniform(5.0, 35.0)), 5), yaw=round(yaw, 5),
-        vfov=round(math.radians(rng.uniform(45.0, 75.0)), 5),
+        pitch=round(pitch, 5), yaw=round(yaw, 5), vfov=round(vfov, 5),
         floor=floor, walls=walls, ceiling=ceiling,
         skirting_m=round(float(rng.uniform(0.05, 0.15)) if rng.uniform() < 0.6 else 0.0, 4),
         skirting_color=random_color(rng, sat=(0.0, 0.3), val=(0.2, 0.95)),
@@ -235,9 +245,11 @@ def ray_depth(params: RoomParams, size: tuple[int, int], rows, cols) -> np.ndarr
 # rendering
 
 
-def _texels_for(size: tuple[int, int]) -> int:
-    """Texture resolution for a render size: about one texel per pixel on the nearest surfaces."""
-    return 128 if max(size) <= 128 else 256 if max(size) <= 320 else 512
+def _texels_for(patch_m: float, finest_m: float, size: tuple[int, int]) -> int:
+    """Texture resolution: about one texel per pixel where the surface is seen closest (`finest_m` is the smallest
+    pixel footprint on it), at least 64 and at most a cap set by the render size (beyond it, texels magnify)."""
+    cap = 128 if max(size) <= 128 else 256 if max(size) <= 320 else 512
+    return int(min(cap, max(64, 2 ** math.ceil(math.log2(max(patch_m / finest_m, 1.0))))))
 
 
 def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
@@ -257,7 +269,6 @@ def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
     ceiling = (axis == 2) & (d[2] > 0)
 
     fp = _footprint(params, hits)
-    texels = _texels_for(size)
     albedo = np.empty((3, height, width), np.float32)
     W, L = params.width, params.length
     # Walls share one texture whose u runs around the room (continuous at corners), v is height.
@@ -266,15 +277,16 @@ def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
         [p[0], W + p[1], W + L + (W - p[0])],
         2 * W + L + (L - p[1]),
     )
-    for mask, spec, u, v, n in (
-        (floor, params.floor, p[0], p[1], texels),
-        (ceiling, params.ceiling, p[0], p[1], texels // 2),  # plain and usually out of view: fewer texels
-        (axis != 2, params.walls, wall_u, p[2], texels),
+    for mask, spec, u, v in (
+        (floor, params.floor, p[0], p[1]),
+        (ceiling, params.ceiling, p[0], p[1]),
+        (axis != 2, params.walls, wall_u, p[2]),
     ):
         idx = np.flatnonzero(mask)
         if idx.size:
-            tex: Texture = make_texture(spec, n)
-            albedo.reshape(3, -1)[:, idx] = tex.sample(u.ravel()[idx], v.ravel()[idx], fp.ravel()[idx])
+            footprint = fp.ravel()[idx]
+            tex: Texture = make_texture(spec, _texels_for(spec.patch_m, float(footprint.min()), size))
+            albedo.reshape(3, -1)[:, idx] = tex.sample(u.ravel()[idx], v.ravel()[idx], footprint)
     # Skirting board, then doors and windows, painted with box-filtered (anti-aliased) edges.
     on_wall = axis != 2
     if params.skirting_m > 0:
