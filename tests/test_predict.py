@@ -218,6 +218,7 @@ def test_cli_folders_matched_by_name(ckpt, tmp_path, capsys):
     assert code == 2 and "no background named s1" in err
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_cli_bad_inputs_are_one_line_exit_2(ckpt, tmp_path, capsys, monkeypatch):
     bg, image = write_scene(tmp_path, "a")
     other_bg, _ = write_scene(tmp_path, "b", 40, 40)
