@@ -134,6 +134,7 @@ def _limb(start, angles, lengths, radii) -> tuple[list[np.ndarray], np.ndarray]:
 
 def _material(rng: np.random.Generator, kinds=("noise", "stripes", "dead_leaves", "tiles"), scale=(0.02, 0.12),
               sat=(0.05, 0.8), val=(0.15, 0.9), hue=(0.0, 1.0)) -> TextureSpec:
+    """A texture for one part: cloth patterns by default; noise gets a larger scale (smooth shading-like)."""
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "noise":
         scale = (0.3, 1.5)

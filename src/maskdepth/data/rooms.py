@@ -82,6 +82,7 @@ class RoomParams:
 # ---------------------------------------------------------------------------------------------------------------
 # sampling
 
+MAX_PITCH = math.radians(35.0)
 _FLOOR_KINDS = (("planks", 0.3), ("tiles", 0.25), ("wood", 0.15), ("noise", 0.15), ("dead_leaves", 0.15))
 _WALL_KINDS = (("noise", 0.4), ("stripes", 0.25), ("tiles", 0.2), ("dead_leaves", 0.15))
 _CEILING_KINDS = (("noise", 0.8), ("tiles", 0.2))
@@ -90,23 +91,20 @@ _SCALES = {"noise": (1.0, 4.0), "dead_leaves": (0.05, 0.4), "tiles": (0.15, 0.6)
            "stripes": (0.03, 0.4), "wood": (0.2, 0.6)}
 
 
-MAX_PITCH = math.radians(35.0)
-
-
 def _pick(rng: np.random.Generator, table: tuple[tuple[str, float], ...]) -> str:
     names, probs = zip(*table)
     return names[int(rng.choice(len(names), p=np.array(probs) / sum(probs)))]
 
 
-def _surface(rng: np.random.Generator, table, sat, val, contrast, hue_spread=0.08) -> TextureSpec:
+def _surface(rng: np.random.Generator, table, sat, val, contrast) -> TextureSpec:
+    """A texture for one surface: its two colours share a hue family (wood hues for wood)."""
     kind = _pick(rng, table)
-    if kind in ("planks", "wood"):  # wood hues
-        sat, val, hue, hue_spread = (0.25, 0.7), (0.2, 0.8), (0.02, 0.12), 0.02
+    if kind in ("planks", "wood"):
+        sat, val, hue = (0.25, 0.7), (0.2, 0.8), rng.uniform(0.02, 0.12)
     else:
-        hue = (0.0, 1.0)
-    a = random_color(rng, sat=sat, val=val, hue=hue)
-    h = float(np.mean(hue)) if hue_spread < 0.05 else rng.uniform(0, 1)
-    b = random_color(rng, sat=sat, val=val, hue=(h - hue_spread, h + hue_spread))
+        hue = rng.uniform(0.0, 1.0)
+    a = random_color(rng, sat=sat, val=val, hue=(hue, hue))
+    b = random_color(rng, sat=sat, val=val, hue=(hue - 0.08, hue + 0.08))
     return random_spec(rng, kind, rng.uniform(*_SCALES[kind]), a, b, contrast=contrast)
 
 
@@ -150,7 +148,7 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
         cam_y = float(np.clip(length / 2 + (-back * fy - side * fx) * (length / 2 - margin), margin,
                               length - margin))
         # Keep at least ~30% of the view on the floor (room to stand objects): the floor's far edge straight
-        # ahead is `horizon` below level; tilt further down if needed, else draw another position.
+        # ahead is atan(cam_height / ahead) below level; tilt further down if needed, else draw another place.
         ahead = min((width - cam_x) / fx if fx > 0 else -cam_x / fx if fx < 0 else math.inf,
                     (length - cam_y) / fy if fy > 0 else -cam_y / fy if fy < 0 else math.inf)
         needed = math.atan2(cam_height, ahead) - vfov / 2 + 0.3 * vfov
@@ -187,6 +185,7 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
 
 
 def focal_px(params: RoomParams, size: tuple[int, int]) -> float:
+    """Focal length in pixels of a size = (H, W) render."""
     return (size[0] / 2) / math.tan(params.vfov / 2)
 
 

@@ -58,6 +58,7 @@ def random_color(rng: np.random.Generator, sat: tuple[float, float] = (0.05, 0.6
 
 def random_spec(rng: np.random.Generator, kind: str, scale: float, color_a: RGB, color_b: RGB,
                 contrast: tuple[float, float] = (0.3, 0.9)) -> TextureSpec:
+    """A spec with a fresh seed and a contrast drawn from `contrast`."""
     return TextureSpec(kind=kind, seed=int(rng.integers(2**31)), color_a=color_a, color_b=color_b,
                        scale=round(float(scale), 4), contrast=round(float(rng.uniform(*contrast)), 4))
 
