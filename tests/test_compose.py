@@ -1,0 +1,236 @@
+"""The composition rule (z-buffer, visible alpha, depth), its window form, shadows, banks and capture realism."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from maskdepth.data.banks import BackgroundBank, CutoutBank, nominal_ground
+from maskdepth.data.capture import CaptureConfig, apply_capture, jpeg_roundtrip
+from maskdepth.data.compose import ComposeConfig, Placement, composite, placement_windows, sample_placements
+
+H, W = 48, 64
+
+
+def ground_plane(seed: int, cam_h: float = 1.5, wall: float = 8.0, pillar: bool = False):
+    """A camera looking level over a floor to a wall: floor depth h*f/(y - cy) below the horizon, the wall's
+    depth above where the floor would be farther. `pillar`: a near column standing in front of the floor."""
+    f, cy = 0.9 * H, 0.35 * H
+    y = np.arange(H) + 0.5
+    floor_d = np.where(y > cy, cam_h * f / np.maximum(y - cy, 1e-6), np.inf)
+    floor_rows = floor_d < wall
+    depth = np.repeat(np.where(floor_rows, floor_d, wall)[:, None], W, 1).astype(np.float32)
+    floor = np.repeat(floor_rows[:, None], W, 1)
+    if pillar:
+        depth[:, 28:36] = 1.0
+        floor[:, 28:36] = False
+    rng = np.random.default_rng(seed)
+    image = rng.integers(40, 220, (H, W, 3), dtype=np.uint8)
+    return image, depth, floor, f
+
+
+def rect_cutout(h: int, w: int, color) -> np.ndarray:
+    a = np.zeros((h, w, 4), np.uint8)
+    a[..., :3] = color
+    a[..., 3] = 255
+    a[[0, -1], :, 3] = 128  # soft edge
+    a[:, [0, -1], 3] = 128
+    return a
+
+
+def banks(pillar: bool = False) -> tuple[BackgroundBank, CutoutBank]:
+    bgs = BackgroundBank.from_arrays(*zip(*[ground_plane(i, pillar=pillar) for i in range(3)]))
+    rng = np.random.default_rng(0)
+    blob = rng.integers(0, 255, (50, 30, 4), dtype=np.uint8)
+    cutouts = CutoutBank.from_rgba([rect_cutout(40, 20, (250, 10, 10)), rect_cutout(20, 36, (10, 250, 10)), blob],
+                                   [1.7, 0.6, 1.0], size=32)
+    return bgs, cutouts
+
+
+def draw(bgs, cutouts, n=24, seed=0, cfg=ComposeConfig()):
+    g = torch.Generator().manual_seed(seed)
+    bg_idx = torch.randint(len(bgs), (n,), generator=g)
+    fg_idx = torch.randint(len(cutouts), (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    return sample_placements(bgs, cutouts, bg_idx, fg_idx, flip, g, cfg)
+
+
+def test_composite_depth_rule_and_z_buffer():
+    bgs, cutouts = banks(pillar=True)
+    cfg = ComposeConfig(shadow_prob=1.0)
+    p = draw(bgs, cutouts, n=64, cfg=cfg)
+    out = composite(bgs, cutouts, p, cfg)
+    assert out["image"].shape == (64, 3, H, W) and out["mask"].shape == (64, 1, H, W)
+    bg_depth = bgs.depth[p.bg_idx]
+    outside = out["mask"] == 0
+    assert outside.any() and (~outside).any()
+    assert torch.equal(out["depth"][outside], bg_depth[outside])  # exactly the background's
+    assert (out["depth"] <= bg_depth).all()  # inside: the foreground is nearer (or equal)
+    # the z-buffer: where the background is nearer than the object (the pillar), nothing of it shows
+    hidden = bgs.placement_depth[p.bg_idx] < p.contact_depth.view(-1, 1, 1, 1)
+    assert (out["mask"][hidden] == 0).all()
+    behind = (p.contact_depth > 1.0) & (p.box[:, 0] < 36) & (p.box[:, 2] > 28)
+    assert behind.any()  # some objects do stand behind the pillar, so the test means something
+    assert (out["depth"][out["mask"] >= 0.5] < 8.0 + 1e-6).all()
+    assert torch.equal(out["depth_valid"], (out["depth"] > 0).float())
+    assert 0 <= out["image"].min() and out["image"].max() <= 1
+
+
+def direct_alpha(cutouts: CutoutBank, p: Placement, i: int) -> torch.Tensor:
+    """The visible alpha of an unoccluded placement computed straight from the cutout's level-0 cell: each pixel
+    centre mapped into the box, then into the cutout's region of the cell, sampled bilinearly."""
+    s = cutouts.size
+    x0, y0, x1, y1 = p.box[i].tolist()
+    ox, oy, rw, rh = cutouts.region[p.fg_idx[i]].tolist()
+    xs = torch.arange(W) + 0.5
+    ys = torch.arange(H) + 0.5
+    u = (xs - x0) / (x1 - x0)
+    if p.flip[i]:
+        u = 1 - u
+    v = (ys - y0) / (y1 - y0)
+    tx = (ox + u * rw) / s * 2 - 1  # normalised over the cell, align_corners=False
+    ty = (oy + v * rh) / s * 2 - 1
+    grid = torch.stack([tx.view(1, W).expand(H, W), ty.view(H, 1).expand(H, W)], -1)[None]
+    cell = cutouts.rgba[p.fg_idx[i]][None]
+    return F.grid_sample(cell, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 3]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_mask_is_the_cutouts_alpha_where_unoccluded(flip):
+    bgs, cutouts = banks()
+    n = 8
+    g = torch.Generator().manual_seed(3)
+    p = sample_placements(bgs, cutouts, torch.zeros(n, dtype=torch.long), torch.full((n,), 2),
+                          torch.full((n,), flip), g, ComposeConfig())
+    p = dataclasses.replace(p, level=torch.zeros(n, dtype=torch.long))  # the full-resolution cell
+    out = composite(bgs, cutouts, p, ComposeConfig())
+    for i in range(n):
+        torch.testing.assert_close(out["mask"][i, 0], direct_alpha(cutouts, p, i), atol=2e-5, rtol=0)
+    assert out["mask"].sum() > 10
+
+
+def test_window_holds_exactly_the_full_frame():
+    bgs, cutouts = banks(pillar=True)
+    cfg = ComposeConfig(shadow_prob=0.7, relief=0.2)
+    p = draw(bgs, cutouts, n=16, seed=5, cfg=cfg)
+    full = composite(bgs, cutouts, p, cfg)
+    win = placement_windows(cutouts, p, cfg, (H, W))
+    for i in range(len(p)):
+        x0, y0, x1, y1 = win[i].tolist()
+        part = composite(bgs, cutouts, p.select(slice(i, i + 1)), cfg, torch.tensor([[x0, y0]]), (y1 - y0, x1 - x0))
+        rest = torch.ones(H, W, dtype=torch.bool)
+        rest[y0:y1, x0:x1] = False
+        for k in part:
+            assert torch.equal(part[k][0], full[k][i, :, y0:y1, x0:x1]), k
+        # outside the window the frame is the background, untouched
+        assert torch.equal(full["image"][i][:, rest], full["bg"][i][:, rest])
+        assert (full["mask"][i, 0][rest] == 0).all()
+        assert torch.equal(full["depth"][i, 0][rest], bgs.depth[p.bg_idx[i], 0][rest])
+
+
+def test_shadow_darkens_the_floor_only_and_not_the_truth():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(shadow_prob=1.0, shadow_strength=(0.5, 0.5))
+    p = draw(bgs, cutouts, n=16, cfg=cfg)
+    lit = composite(bgs, cutouts, dataclasses.replace(p, shadow=torch.zeros(len(p))), cfg)
+    shaded = composite(bgs, cutouts, p, cfg)
+    assert torch.equal(lit["mask"], shaded["mask"]) and torch.equal(lit["depth"], shaded["depth"])
+    assert (shaded["image"] <= lit["image"] + 1e-6).all()
+    off_floor = ~bgs.floor[p.bg_idx].expand(-1, 3, -1, -1)
+    assert torch.equal(shaded["image"][off_floor], lit["image"][off_floor])
+    assert (shaded["image"] < lit["image"] - 0.05).any()
+
+
+def test_placement_follows_perspective_and_stands_on_the_floor():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig()
+    p = draw(bgs, cutouts, n=200, cfg=cfg)
+    u, v = p.contact.unbind(1)
+    col, row = (u - 0.5).long(), (v - 0.5).long()
+    assert bgs.floor[p.bg_idx, 0, row, col].all()
+    assert torch.equal(p.contact_depth, bgs.depth[p.bg_idx, 0, row, col])
+    perspective = bgs.focal_px[p.bg_idx] * cutouts.height_m[p.fg_idx] / p.contact_depth
+    ratio = p.height_px / perspective
+    clamped = (p.height_px <= cfg.min_height * H + 1e-4) | (p.height_px >= cfg.max_height * H - 1e-4)
+    assert ((ratio[~clamped] >= 0.85 - 1e-5) & (ratio[~clamped] <= 1.15 + 1e-5)).all()
+    torch.testing.assert_close(p.width_px, p.height_px * cutouts.aspect[p.fg_idx])
+    box = p.box
+    torch.testing.assert_close((box[:, 0] + box[:, 2]) / 2, u)
+    assert torch.equal(box[:, 3], v)
+
+
+def test_relief_stays_in_front_of_the_background():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(relief=0.5)
+    p = draw(bgs, cutouts, n=16, cfg=cfg)
+    out = composite(bgs, cutouts, p, cfg)
+    inside = out["mask"] >= 0.5
+    contact = p.contact_depth.view(-1, 1, 1, 1).expand_as(out["depth"])
+    assert (out["depth"][inside] <= contact[inside]).all()
+    assert (out["depth"][inside] < contact[inside] - 1e-3).any()
+    assert (out["depth"] <= bgs.depth[p.bg_idx]).all()
+
+
+def test_photo_without_depth_places_on_the_nominal_floor_and_marks_depth_unknown():
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    _, floor, focal = nominal_ground((H, W))
+    bgs = BackgroundBank.from_arrays([image], [np.zeros((H, W), np.float32)], [floor], [focal])
+    _, cutouts = banks()
+    p = draw(bgs, cutouts, n=8)
+    assert not p.depth_known.any() and (p.contact_depth > 0).all()
+    out = composite(bgs, cutouts, p, ComposeConfig())
+    assert (out["depth"] == 0).all() and (out["depth_valid"] == 0).all()
+    assert out["mask"].sum() > 0
+
+
+def test_cutout_bank_cells_and_mips():
+    _, cutouts = banks()
+    assert cutouts.rgba.shape == (3, 4, 32, 32)
+    assert cutouts.levels == 3  # 32, 16, 8
+    torch.testing.assert_close(cutouts.aspect, torch.tensor([20 / 40, 36 / 20, 30 / 50]))
+    # premultiplied: colour never exceeds alpha; the tall red box fills the cell's height
+    rgba = cutouts.rgba
+    assert (rgba[:, :3] <= rgba[:, 3:] + 1e-6).all()
+    assert rgba[0, 3, :, 16].min() > 0.4 and rgba[0, 3, 16, 0] == 0
+
+
+def test_capture_identity_when_off_and_seeded_when_on():
+    x = torch.rand(4, 3, 40, 56)
+    off = CaptureConfig(shift_p=0, exposure_p=0, white_balance_p=0, noise_p=0, jpeg_p=0)
+    assert torch.equal(apply_capture(x, off, torch.Generator().manual_seed(0)), x)
+    on = CaptureConfig(shift_p=1, exposure_p=1, white_balance_p=1, noise_p=1, jpeg_p=1)
+    a = apply_capture(x, on, torch.Generator().manual_seed(1))
+    b = apply_capture(x, on, torch.Generator().manual_seed(1))
+    c = apply_capture(x, on, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    assert (a - x).abs().mean() > 0.01
+
+
+def test_capture_only_touches_the_samples_drawn():
+    x = torch.rand(16, 3, 32, 32)
+    cfg = CaptureConfig(shift_p=0.5, exposure_p=0, white_balance_p=0, noise_p=0.5, jpeg_p=0.5)
+    y = apply_capture(x, cfg, torch.Generator().manual_seed(0))
+    same = (y == x).flatten(1).all(dim=1)
+    assert same.any() and (~same).any()
+
+
+def test_jpeg_roundtrip_resembles_a_real_codec():
+    base = np.random.default_rng(0).random((6, 8, 3))
+    img = np.asarray(Image.fromarray((base * 255).astype(np.uint8)).resize((64, 48), Image.BICUBIC))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    for q in (60, 90):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=q)
+        real = np.asarray(Image.open(buf)).astype(np.float32)
+        ours = jpeg_roundtrip(x, torch.tensor([float(q)]))[0].permute(1, 2, 0).numpy() * 255
+        err_real = np.sqrt(((real - img) ** 2).mean())
+        err_ours = np.sqrt(((ours - img) ** 2).mean())
+        assert 0.5 * err_real < err_ours < 2 * err_real + 0.5
+        assert np.sqrt(((ours - real) ** 2).mean()) < 3.0
