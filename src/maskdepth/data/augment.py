@@ -15,6 +15,7 @@ convention), which is several times slower, so rotation is off by default.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -105,11 +106,12 @@ def sampling_grid(d: Draw, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> t
     return torch.stack([2 * ur / W - 1, 2 * vr / H - 1], dim=-1)[None].float()
 
 
+@functools.lru_cache(maxsize=1024)
 def _nearest_index(start: int, length: int, out: int, flip: bool = False) -> torch.Tensor:
-    """Source indices of F.interpolate(mode='nearest-exact') for a crop [start, start+length) -> out pixels."""
-    idx = torch.floor((torch.arange(out, dtype=torch.float64) + 0.5) * (length / out)).long()
-    idx = idx.clamp_(max=length - 1) + start
-    return idx.flip(0) if flip else idx
+    """Source indices of F.interpolate(mode='nearest-exact') for a crop [start, start+length) -> out pixels.
+    (Cached and shared: callers must not modify the result.)"""
+    idx = [min(length - 1, math.floor((j + 0.5) * length / out)) + start for j in range(out)]
+    return torch.tensor(idx[::-1] if flip else idx)
 
 
 def _smooth(x: torch.Tensor, d: Draw, out_hw: tuple[int, int]) -> torch.Tensor:
@@ -131,6 +133,8 @@ def _nearest(x: torch.Tensor, d: Draw, out_hw: tuple[int, int]) -> torch.Tensor:
         return F.grid_sample(x, sampling_grid(d, tuple(x.shape[-2:]), out_hw), mode="nearest",
                              padding_mode="zeros", align_corners=False)
     x0, y0, w, h = d.box
+    if (h, w) == out_hw == tuple(x.shape[-2:]):
+        return x.flip(-1) if d.flip else x
     rows = _nearest_index(y0, h, out_hw[0])
     cols = _nearest_index(x0, w, out_hw[1], d.flip)
     return x.index_select(2, rows).index_select(3, cols)
@@ -192,8 +196,9 @@ def apply_draws(batch: Batch, draws: list[Draw], size: int | tuple[int, int]) ->
         if valid is not None:
             out["depth_valid"][i].copy_(_nearest(valid[i:i + 1].float(), d, out_hw)[0])
         bgi = out["bg"][i]
-        pivot = float((bgi.mean(dim=(1, 2)) * torch.tensor([g * unit for g in d.gain])
-                       * torch.tensor(_LUMA)).sum()) if d.contrast != 1.0 else 0.0
+        pivot = 0.0
+        if d.contrast != 1.0:  # the bg's mean luminance after exposure and white balance
+            pivot = sum(m * g * unit * lk for m, g, lk in zip(bgi.mean(dim=(1, 2)).tolist(), d.gain, _LUMA))
         _light_(bgi, d, pivot, unit)
         _light_(out["image"][i], d, pivot, unit)
     if mask.dtype == torch.uint8:
