@@ -144,6 +144,21 @@ def placement_windows(cutouts: CutoutBank, p: Placement, cfg: ComposeConfig, siz
     return torch.minimum(box.clamp(min=0), limit)
 
 
+def _window(t: torch.Tensor, b: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, hw: int, ww: int) -> torch.Tensor:
+    """(N,C,hw,ww) windows of bank tensor t (B,C,H,W): image b[n] from (ox[n], oy[n]). Two plain gathers (whole
+    rows, then columns) are several times faster on the CPU than one four-index gather."""
+    n = b.shape[0]
+    _, c, h, w = t.shape
+    dev = t.device
+    rows = ((b.view(n, 1, 1) * c + torch.arange(c, device=dev).view(1, c, 1)) * h + oy.view(n, 1, 1)
+            + torch.arange(hw, device=dev).view(1, 1, hw))
+    out = t.reshape(-1, w).index_select(0, rows.view(-1)).view(n, c, hw, w)
+    if ww == w:  # full width (the window starts at column 0)
+        return out
+    cols = (ox.view(n, 1, 1, 1) + torch.arange(ww, device=dev)).expand(n, c, hw, ww)
+    return torch.gather(out, 3, cols)
+
+
 def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: ComposeConfig,
               origin: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Composite N placements: float32 `image` (N,3,H,W) in [0,1], `mask`, `depth`, `depth_valid` (N,1,H,W) and
@@ -159,15 +174,13 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     if origin is None:
         origin, size = torch.zeros(n, 2, dtype=torch.long, device=device), (h_img, w_img)
     hw, ww = size
-    cols = (origin[:, 0:1] + torch.arange(ww, device=device)).view(n, 1, 1, ww)
-    rows = (origin[:, 1:2] + torch.arange(hw, device=device)).view(n, 1, hw, 1)
-    b = p.bg_idx.view(n, 1, 1, 1)
-    bg = bgs.image[b, torch.arange(3, device=device).view(1, 3, 1, 1), rows, cols].float() / 255.0
-    bg_depth = bgs.depth[b, 0, rows, cols]
-    bg_place = bgs.placement_depth[b, 0, rows, cols]
-    floor = bgs.floor[b, 0, rows, cols]
-    xs = cols.float() + 0.5  # pixel centres
-    ys = rows.float() + 0.5
+    ox, oy = origin[:, 0], origin[:, 1]
+    bg = _window(bgs.image, p.bg_idx, ox, oy, hw, ww).float() / 255.0
+    bg_depth = _window(bgs.depth, p.bg_idx, ox, oy, hw, ww)
+    bg_place = _window(bgs.placement_depth, p.bg_idx, ox, oy, hw, ww)
+    floor = _window(bgs.floor, p.bg_idx, ox, oy, hw, ww)
+    xs = (ox.view(n, 1) + torch.arange(ww, device=device)).float().view(n, 1, 1, ww) + 0.5  # pixel centres
+    ys = (oy.view(n, 1) + torch.arange(hw, device=device)).float().view(n, 1, hw, 1) + 0.5
 
     # sampling coordinates in the atlas: x -> s = (x - x0) / w (mirrored: (x1 - x) / w) -> X = rx0 + s * rw of the
     # chosen mip level, normalised for grid_sample (align_corners=False); likewise for y, never mirrored
@@ -198,25 +211,26 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     v = p.contact[:, 1].view(n, 1, 1, 1)
     half_w = (p.width_px / 2).view(n, 1, 1, 1)
     tx, ty = (t.view(n, 1, 1, 1) for t in _texel_px(cutouts, p))
-    dx = xs - u
+    dx = xs - u  # (N,1,1,W): per-column and per-row terms stay small until they meet
     # the box plus one texel of bilinear fringe; beyond it the grid runs into neighbouring atlas cells
-    in_box = ((dx.abs() <= half_w + tx) & (ys >= y0.view(n, 1, 1, 1) - ty) & (ys <= v + ty)).float()
-    d = p.contact_depth.view(n, 1, 1, 1)
+    in_x = (dx.abs() <= half_w + tx).float()
+    in_y = ((ys >= y0.view(n, 1, 1, 1) - ty) & (ys <= v + ty)).float()
     # foreground depth: the contact depth, nearer by a half-cylinder bulge across the width when relief > 0
     bulge = (1 - (dx / half_w) * (dx / half_w)).clamp(min=0).sqrt()
     width_m = (p.width_px * p.contact_depth / bgs.focal_px[p.bg_idx]).view(n, 1, 1, 1)
-    fg_depth = d - cfg.relief * width_m * bulge  # (N,1,1,W)
-    shown = (fg_depth <= bg_place).float() * in_box  # the z-buffer test (and the box)
+    fg_depth = p.contact_depth.view(n, 1, 1, 1) - cfg.relief * width_m * bulge  # (N,1,1,W)
+    shown = (fg_depth <= bg_place).float().mul_(in_x).mul_(in_y)  # the z-buffer test, inside the box
     vis = alpha * shown
 
     # contact shadow on the floor, compact and smooth: strength * (1 - r^2)^2 inside the ellipse
     rx = cfg.shadow_width * half_w
     ry = rx * cfg.shadow_aspect
     ex, ey = dx / rx, (ys - v) / ry
-    fall = (1 - (ex * ex + ey * ey)).clamp(min=0)
-    shade = 1 - p.shadow.view(n, 1, 1, 1) * fall * fall * floor
+    fall = ((1 - ex * ex) - ey * ey).clamp_(min=0)
+    keep = 1 - vis
+    keep.mul_(1 - fall.mul_(fall).mul_(floor).mul_(p.shadow.view(n, 1, 1, 1)))  # (1 - vis) * shade
 
-    image = (bg * shade * (1 - vis) + fg_rgb * shown).clamp(0, 1)
+    image = torch.addcmul(bg * keep, fg_rgb, shown).clamp_(0, 1)
     fg_depth_truth = fg_depth * p.depth_known.view(n, 1, 1, 1)  # unknown where the background's depth is
     depth = torch.where(vis >= 0.5, fg_depth_truth, bg_depth)
     return {"image": image, "mask": vis, "depth": depth, "depth_valid": (depth > 0).float(), "bg": bg}

@@ -181,6 +181,16 @@ def _banks(plan: Plan) -> tuple[BackgroundBank, CutoutBank, np.ndarray, np.ndarr
     return _BANKS[key]
 
 
+def _chunks(hw: np.ndarray, ww: np.ndarray) -> list[np.ndarray]:
+    """Sample indices grouped by window size (two bins per octave of height and of width), at most CHUNK per
+    group: a chunk is composited at its largest window, so similar sizes waste little."""
+    bins = np.stack([np.ceil(2 * np.log2(np.maximum(hw, 1))), np.ceil(2 * np.log2(np.maximum(ww, 1)))], 1)
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i, key in enumerate(map(tuple, bins)):
+        groups.setdefault(key, []).append(i)
+    return [np.asarray(g[s:s + CHUNK]) for _, g in sorted(groups.items()) for s in range(0, len(g), CHUNK)]
+
+
 def render_samples(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: ComposeConfig,
                    bg_rgb: np.ndarray, bg_depth: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (i, image (H,W,3) uint8, mask (H,W) uint8, depth (H,W) float32) for each placement, in an order of
@@ -188,22 +198,20 @@ def render_samples(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: 
     values there; outside it the frame is the background), in chunks of similar window size."""
     h_img, w_img = bgs.size
     win = placement_windows(cutouts, p, cfg, (h_img, w_img)).numpy()
-    wh = win[:, 3] - win[:, 1]
-    ww = win[:, 2] - win[:, 0]
-    order = np.lexsort((ww, wh))
-    for start in range(0, len(order), CHUNK):
-        idx = order[start:start + CHUNK]
-        ch, cw = max(1, int(wh[idx].max())), max(1, int(ww[idx].max()))
+    wh = np.maximum(win[:, 3] - win[:, 1], 1)
+    ww = np.maximum(win[:, 2] - win[:, 0], 1)
+    bg_idx = p.bg_idx.numpy()
+    for idx in _chunks(wh, ww):
+        ch, cw = int(wh[idx].max()), int(ww[idx].max())
         ox = np.minimum(win[idx, 0], w_img - cw)
         oy = np.minimum(win[idx, 1], h_img - ch)
         origin = torch.from_numpy(np.stack([ox, oy], 1))
         out = composite(bgs, cutouts, p.select(torch.from_numpy(idx)), cfg, origin, (ch, cw))
-        image = (out["image"] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        mask = (out["mask"][:, 0] * 255).round().to(torch.uint8).numpy()
+        image = (out["image"] * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        mask = (out["mask"][:, 0] * 255).round_().to(torch.uint8).numpy()
         depth = out["depth"][:, 0].numpy()
         for n, i in enumerate(idx.tolist()):
-            b = int(p.bg_idx[i])
-            x, y = int(ox[n]), int(oy[n])
+            b, x, y = bg_idx[i], ox[n], oy[n]
             full_image = bg_rgb[b].copy()
             full_image[y:y + ch, x:x + cw] = image[n]
             full_mask = np.zeros((h_img, w_img), np.uint8)
