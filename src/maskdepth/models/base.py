@@ -1,7 +1,7 @@
 """What every maskdepth network shares: input normalisation, padding to the stride, the bounded depth output.
 
 A network subclasses `MaskDepthNet`, sets `stride` (the multiple its input sides must be) and implements
-`predict(bg, image) -> (mask_logits, depth_logits)` on normalised, padded inputs. `forward` does the rest, so
+`logits(bg, image) -> (mask_logits, depth_logits)` on normalised, padded inputs. `forward` does the rest, so
 every model takes RGB in [0, 1] at any H, W and gives (N,1,H,W) outputs with depth in (0, depth_max).
 """
 
@@ -36,7 +36,7 @@ class MaskDepthNet(nn.Module):
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         return (rgb - self.rgb_mean) / self.rgb_std
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask_logits, depth_logits) from normalised, stride-padded inputs. Subclasses implement it."""
         raise NotImplementedError
 
@@ -44,8 +44,8 @@ class MaskDepthNet(nn.Module):
         h, w = image.shape[-2:]
         bg = self.normalize(pad_to_multiple(bg, self.stride))
         image = self.normalize(pad_to_multiple(image, self.stride))
-        mask_logits, depth_logits = self.predict(bg, image)
-        # outputs in float32 even under bf16 autocast: a bf16 sigmoid would quantise depth to ~1/100 of depth_max
+        mask_logits, depth_logits = self.logits(bg, image)
+        # float32 outputs even under bf16 autocast: the sigmoid and scaling add no bf16 rounding (~depth_max/256)
         mask_logits = mask_logits[..., :h, :w].float()
         depth = self.depth_max * torch.sigmoid(depth_logits[..., :h, :w].float())
         return mask_logits, depth

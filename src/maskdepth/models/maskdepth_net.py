@@ -94,7 +94,7 @@ class MaskDepthModel(MaskDepthNet):
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         diff = image - bg
         fused = torch.cat([bg, image, diff, diff.abs()], dim=1)
         feats = []

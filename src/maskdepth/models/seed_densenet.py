@@ -42,7 +42,7 @@ class SeedDenseNet(MaskDepthNet):
         )
         self.siamese_out = nn.Sequential(conv_bn_relu(128, 256), nn.Conv2d(256, 1, 3, padding=1, bias=False))
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trunk_in(torch.cat([bg, image], dim=1))
         x = x + self.trunk_res1(x)
         x = self.trunk_mid(x)

@@ -58,7 +58,7 @@ class SeedDilatedPixelShuffle(MaskDepthNet):
         self.mask_decoder = _decoder()
         self.depth_decoder = _decoder()
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.encoder(self.merge(torch.cat([self.bg_in(bg), self.image_in(image)], dim=1)))
         return self.mask_decoder(x), self.depth_decoder(x)
 

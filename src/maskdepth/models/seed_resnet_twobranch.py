@@ -63,7 +63,7 @@ class SeedResNetTwoBranch(MaskDepthNet):
         self.mask_head = _head()
         self.depth_head = _head()
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([self.image_blocks(self.image_prep(image)), self.bg_blocks(self.bg_prep(bg))], dim=1)
         return self.mask_head(x), self.depth_head(x)
 

@@ -94,7 +94,7 @@ class SeedResUNet(MaskDepthNet):
         if encoder_weights is not None:
             load_encoder_weights(self.encoder, encoder_weights)
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encoder(torch.cat([bg, image], dim=1))
         return self.mask_decoder(feats), self.depth_decoder(feats)
 

@@ -39,7 +39,7 @@ class SeedUpDown(MaskDepthNet):
         self.mask_net = nn.Sequential(conv_bn_relu(6, 32), conv_bn_relu(32, 64), conv_bn_relu(64, 128),
                                       conv_bn_relu(128, 128), conv_bn_relu(128, 32), nn.Conv2d(32, 1, 3, padding=1))
 
-    def predict(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([bg, image], dim=1)
         mask = self.mask_net(x)
         skips = []
