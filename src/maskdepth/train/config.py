@@ -1,0 +1,286 @@
+"""Training configuration: dataclasses read from a TOML file, with `section.key=value` overrides.
+
+One section per dataclass; the field names are the TOML keys. `load_config` reads a file (or nothing: all
+defaults), applies overrides and validates; `to_toml` writes the resolved config so that
+`maskdepth train --config RUN/config.toml` repeats the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
+
+from maskdepth.errors import UserError
+from maskdepth.losses import LossWeights
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from: a dataset folder (`dir`) or the on-the-fly generator."""
+
+    dir: str = ""               # dataset folder (maskdepth data make / import)
+    generator: str = ""         # "" = read shards from `dir`; "procedural" or "dataset" (assets of `dir`)
+    size: int = 64              # training and evaluation side in pixels (square)
+    train_split: str = "train"
+    eval_split: str = "test"    # "" = no evaluation
+    eval_samples: int = 0       # evaluate on the first (about) this many samples (0 = the whole split)
+    workers: int = 2            # loader worker processes per rank
+    augment: bool = True        # joint augmentation of training batches ([augment] section)
+    capture: bool = True        # background-capture realism on the bg input ([capture] section)
+    gen_backgrounds: int = 64   # generator "procedural": number of procedural backgrounds and cutouts
+    gen_cutouts: int = 128
+    gen_eval_batches: int = 8   # generator without a dataset: held-out batches drawn once with another seed
+
+    def __post_init__(self) -> None:
+        if self.generator not in ("", "procedural", "dataset"):
+            raise UserError(f"[data] generator = {self.generator!r}: use \"\" (read shards), \"procedural\" "
+                            "or \"dataset\"")
+        if not self.dir and self.generator != "procedural":
+            raise UserError("no training data: give a dataset folder (--data DIR) or use the on-the-fly "
+                            "generator (--generator procedural)")
+        _positive("data", "size", self.size)
+        _non_negative("data", "workers", self.workers)
+        _non_negative("data", "eval_samples", self.eval_samples)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "maskdepth"
+    init: str = ""              # "" = random init; "default" = the packaged weights; else a checkpoint path
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder arguments (depth_max comes from the data)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"         # "adamw" or "sgd" (the seeds')
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9       # sgd
+    nesterov: bool = False      # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    clip_grad_norm: float = 1.0  # 0 = no clipping
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd"):
+            raise UserError(f"[optim] name = {self.name!r}: use \"adamw\" or \"sgd\"")
+        _positive("optim", "lr", self.lr)
+        _non_negative("optim", "weight_decay", self.weight_decay)
+        _non_negative("optim", "clip_grad_norm", self.clip_grad_norm)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule over optimizer steps.
+
+    constant; step (lr * gamma every `step_epochs` epochs, the seeds' StepLR); onecycle (torch's OneCycleLR,
+    peak = optim.lr); cosine (linear warm-up over `warmup_steps`, then cosine down to lr * min_lr_ratio).
+    """
+
+    name: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    step_epochs: int = 1
+    gamma: float = 0.5
+    pct_start: float = 0.25     # onecycle: share of steps spent rising
+
+    def __post_init__(self) -> None:
+        if self.name not in ("constant", "step", "onecycle", "cosine"):
+            raise UserError(f"[schedule] name = {self.name!r}: use constant, step, onecycle or cosine")
+        _non_negative("schedule", "warmup_steps", self.warmup_steps)
+        _positive("schedule", "step_epochs", self.step_epochs)
+        if not 0.0 < self.pct_start < 1.0:
+            raise UserError(f"[schedule] pct_start = {self.pct_start!r}: give a number between 0 and 1")
+
+
+@dataclass
+class TrainConfig:
+    """How long, how big, where, and the loop's bookkeeping."""
+
+    epochs: int = 10
+    steps: int = 0              # > 0: train this many steps instead (the last epoch may end early)
+    epoch_steps: int = 0        # steps per epoch: required with the generator; a cap for datasets (0 = a pass)
+    batch_size: int = 16        # global batch: split evenly over the ranks
+    # progressive resizing: [[size, epochs], ...] or [[size, epochs, batch_size], ...]; the last stage runs
+    # to the end. Empty: data.size throughout.
+    resize: list[list[int]] = field(default_factory=list)
+    seed: int = 0
+    device: str = "auto"        # "auto" (cuda if there is one), "cpu", "cuda", "cuda:1"
+    amp: bool = True            # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    compile: bool = False       # torch.compile the model
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on GPU too; slower)
+    sync_bn: bool = True        # SyncBatchNorm under multi-GPU DDP (CPU DDP keeps per-rank statistics)
+    freeze_bn: bool = False     # BatchNorm statistics stay fixed (fine-tuning with small batches)
+    max_bad_steps: int = 5      # stop after this many non-finite losses / gradients in a row
+    log_every: int = 20         # steps between train lines in metrics.jsonl / TensorBoard
+    eval_every: int = 0         # steps between evaluations (0 = at each epoch's end)
+    checkpoint_every: int = 0   # steps between last checkpoints + resumable state (0 = at each epoch's end)
+    best_metric: str = "loss"   # "loss" (eval loss) or a metric name; picks best.safetensors
+    samples: int = 8            # images in the per-epoch sample grid
+    time_budget_s: float = 0.0  # > 0: end gracefully (with checkpoints) after this much wall-clock time
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_bad_steps", "log_every"):
+            _positive("train", name, getattr(self, name))
+        for name in ("steps", "epoch_steps", "eval_every", "checkpoint_every", "samples", "time_budget_s"):
+            _non_negative("train", name, getattr(self, name))
+        from maskdepth.metrics import METRIC_NAMES
+
+        if self.best_metric != "loss" and self.best_metric not in METRIC_NAMES:
+            raise UserError(f"[train] best_metric = {self.best_metric!r}: use \"loss\" or a metric name "
+                            f"({', '.join(METRIC_NAMES)})")
+        for stage in self.resize:
+            if not (isinstance(stage, list) and len(stage) in (2, 3) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in stage)):
+                raise UserError(f"[train] resize entry {stage!r}: give [size, epochs] or [size, epochs, "
+                                "batch_size] with positive integers, e.g. resize = [[64, 3], [112, 3], [192, 2]]")
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    augment: dict[str, Any] = field(default_factory=dict)  # maskdepth.data.augment.AugmentConfig fields
+    capture: dict[str, Any] = field(default_factory=dict)  # maskdepth.data.capture.CaptureConfig fields
+
+
+SECTIONS = {f.name: f for f in fields(Config)}
+
+
+def _positive(section: str, key: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise UserError(f"[{section}] {key} = {value!r}: give a number > 0")
+
+
+def _non_negative(section: str, key: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise UserError(f"[{section}] {key} = {value!r}: give a number >= 0")
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """"section.key=value" -> (section, key, value); value is read as TOML (so 3, 1e-3, true, [[64, 2]] work)
+    and taken as a plain string when it is not valid TOML (so --set data.dir=/some/path works)."""
+    name, eq, raw = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not (eq and dot and section and key):
+        raise UserError(f"--set {item!r}: write section.key=value, e.g. --set optim.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key.strip(), value
+
+
+def load_config(path: str | os.PathLike | None = None, sets: list[str] | tuple[str, ...] = (),
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Read TOML `path` (None: defaults), then apply `sets` ("section.key=value") and `overrides`
+    ({"section.key": value}, the CLI's short flags), then validate. Bad keys or values raise UserError."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: config file not found; give a TOML file like configs/cpu-quick.toml")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{p}: not valid TOML ({e}); fix the file") from None
+        for section, table in raw.items():
+            if section not in SECTIONS or not isinstance(table, dict):
+                raise UserError(f"{p}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
+    changes = [parse_set(s) for s in sets]
+    changes += [(*name.split(".", 1), value) for name, value in (overrides or {}).items()]
+    for section, key, value in changes:
+        if section not in SECTIONS:
+            raise UserError(f"--set {section}.{key}: unknown section '{section}'; sections are "
+                            f"{', '.join(SECTIONS)}")
+        raw.setdefault(section, {})[key] = value
+    return from_dict(raw, source=str(path) if path else "config")
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a Config from nested dicts (the TOML structure)."""
+    built: dict[str, Any] = {}
+    for name, f in SECTIONS.items():
+        table = dict(raw.get(name, {}))
+        cls = _section_class(f)
+        known = {x.name: x for x in fields(cls)}
+        for key in table:
+            if key not in known:
+                raise UserError(f"{source}: unknown key [{name}] {key}; known keys: {', '.join(known)}")
+        for key, value in table.items():
+            table[key] = _coerce(name, key, value, known[key])
+        try:
+            built[name] = cls(**table)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{source}: [{name}] {e}") from None
+        if name in ("augment", "capture"):  # kept as plain tables, defaults filled in, tuples as lists
+            built[name] = json.loads(json.dumps(dataclasses.asdict(built[name])))
+    return Config(**built)
+
+
+def _section_class(f: dataclasses.Field) -> type:
+    from maskdepth.data.augment import AugmentConfig
+    from maskdepth.data.capture import CaptureConfig
+
+    return {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
+            "train": TrainConfig, "loss": LossWeights, "augment": AugmentConfig, "capture": CaptureConfig}[f.name]
+
+
+def _coerce(section: str, key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check a value against the field's type (annotations are strings here); ints are accepted for floats."""
+    kind = str(f.type)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind.startswith("tuple"):
+        kind = "list"
+    ok = {
+        "str": isinstance(value, str),
+        "int": number and isinstance(value, int),
+        "float": number,
+        "bool": isinstance(value, bool),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+    }[kind.split("[")[0]]
+    if not ok:
+        raise UserError(f"[{section}] {key} = {value!r}: expected {kind}")
+    return float(value) if kind == "float" else value
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_toml(config: Config) -> str:
+    """The config as TOML that `load_config` reads back to an equal Config."""
+    lines = ["# maskdepth training config (resolved): maskdepth train --config THIS_FILE"]
+    for section, table in to_dict(config).items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # Python's repr of int/float (incl. inf, nan) is valid TOML
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")

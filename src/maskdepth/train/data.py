@@ -1,0 +1,174 @@
+"""Training and evaluation batches for the loop, from dataset shards or the on-the-fly generator.
+
+Either way the loop sees the same thing: this rank's batch dicts on its device, epochs of a known number of
+steps that can start part-way (resume), and an evaluation set that is the same at every evaluation and for any
+number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from maskdepth.errors import UserError
+from maskdepth.train.config import Config
+from maskdepth.train.dist import Place
+
+Batch = dict[str, torch.Tensor]
+# seed offset of the held-out generator stream (evaluation without a dataset)
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """Copy a batch to `device` (non-blocking from pinned memory); pictures channels_last when asked."""
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        if channels_last and v.dim() == 4:
+            v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+class TrainData:
+    """Batches for one run. `depth_max`, `depth_unit`, `depth_scale` and `describe` say what the data is."""
+
+    def __init__(self, config: Config, place: Place):
+        self.config, self.place = config, place
+        d = config.data
+        self.channels_last = place.device.type == "cuda" and config.train.channels_last
+        self.dataset = None
+        if d.dir:
+            from maskdepth.data.shards import DatasetDir
+
+            self.dataset = DatasetDir(d.dir)
+        self.generator = None
+        if d.generator:
+            # every rank its own stream: together they are one larger batch of new samples
+            self.generator = self._make_generator(config.train.seed + place.rank)
+            self.depth_max = float(self.generator.depth_max)
+            self.depth_unit = "metres" if d.generator == "procedural" else self.dataset.depth_unit
+            self.describe = f"generator {d.generator}" + (f" ({d.dir})" if d.generator == "dataset" else "")
+        else:
+            self.depth_max = self.dataset.depth_max
+            self.depth_unit = self.dataset.depth_unit
+            self.describe = str(d.dir)
+        if self.dataset is not None:
+            self.depth_scale = self.dataset.depth_scale
+        else:
+            from maskdepth.data.make import DEPTH_SCALE  # what `data make` would store for these scenes
+
+            self.depth_scale = DEPTH_SCALE
+        self._held_out: list[Batch] | None = None
+
+    def _make_generator(self, seed: int):
+        from maskdepth.data.generator import OnTheFlyGenerator
+
+        d = self.config.data
+        capture = self._capture()
+        if d.generator == "procedural":
+            return OnTheFlyGenerator.procedural(d.gen_backgrounds, d.gen_cutouts, d.size, seed, capture=capture,
+                                                device=self.place.device)
+        return OnTheFlyGenerator.from_dataset(d.dir, d.train_split, seed=seed, capture=capture,
+                                              device=self.place.device)
+
+    def _augment(self):
+        from maskdepth.data.augment import AugmentConfig
+
+        return AugmentConfig(**self.config.augment) if self.config.data.augment else None
+
+    def _capture(self):
+        from maskdepth.data.capture import CaptureConfig
+
+        return CaptureConfig(**self.config.capture) if self.config.data.capture else None
+
+    # -- training -----------------------------------------------------------------------------------------
+    def per_rank(self, global_batch: int) -> int:
+        if global_batch % self.place.world_size:
+            raise UserError(f"batch size {global_batch} does not split evenly over {self.place.world_size} "
+                            "processes; give a multiple of the process count")
+        return global_batch // self.place.world_size
+
+    def _loader(self, epoch: int, size: int, global_batch: int, skip: int):
+        from maskdepth.data.loader import make_loader
+
+        d = self.config.data
+        return make_loader(d.dir, d.train_split, self.per_rank(global_batch), size, train=True,
+                           augment=self._augment(), capture=self._capture(), workers=d.workers,
+                           seed=self.config.train.seed, epoch=epoch, skip_batches=skip,
+                           pin_memory=self.place.device.type == "cuda")
+
+    def steps_per_epoch(self, epoch: int, size: int, global_batch: int) -> int:
+        """Steps in `epoch`: the loader's length (the same on every rank), capped by train.epoch_steps; with
+        the generator, train.epoch_steps."""
+        cap = self.config.train.epoch_steps
+        if self.generator is not None:
+            if cap <= 0:
+                raise UserError("[train] epoch_steps must be > 0 with the on-the-fly generator (its stream "
+                                "has no end); e.g. --set train.epoch_steps=500")
+            return cap
+        n = len(self._loader(epoch, size, global_batch, 0))
+        if n == 0:
+            raise UserError(f"{self.config.data.dir}: split '{self.config.data.train_split}' gives no full "
+                            f"batch of {global_batch} (over {self.place.world_size} process(es) x "
+                            f"{max(1, self.config.data.workers)} loader worker(s)); use a smaller --batch-size "
+                            "or fewer --workers")
+        return min(n, cap) if cap > 0 else n
+
+    def epoch(self, epoch: int, size: int, global_batch: int, skip: int) -> Iterator[Batch]:
+        """This rank's batches of `epoch` at `size`, starting after `skip` batches."""
+        if self.generator is not None:
+            return self._generated(size, self.per_rank(global_batch))
+        loader = self._loader(epoch, size, global_batch, skip)
+        return (to_device(batch, self.place.device, self.channels_last) for batch in loader)
+
+    def _generated(self, size: int, batch_size: int) -> Iterator[Batch]:
+        from maskdepth.data.augment import resize_batch
+
+        while True:
+            batch = self.generator.next_batch(batch_size)
+            if batch["image"].shape[-1] != size:  # progressive resizing: the banks stay at data.size
+                batch = resize_batch(batch, size)
+            yield to_device(batch, self.place.device, self.channels_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's position (the loader's position is the step count)."""
+        return {} if self.generator is None else self.generator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.generator is not None:
+            self.generator.load_state_dict(state)
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def has_eval(self) -> bool:
+        return bool(self.config.data.eval_split) and (self.dataset is not None or self.generator is not None)
+
+    def eval_batches(self, global_batch: int) -> Iterator[Batch] | list[Batch]:
+        """This rank's part of the evaluation set at data.size: the dataset's eval split (the loader splits it
+        over the ranks), or without a dataset, held-out generator batches drawn once with another seed."""
+        d = self.config.data
+        if self.dataset is not None:
+            return self._eval_from_shards(self.per_rank(global_batch))
+        if self._held_out is None:
+            # drawn at the global batch size and sliced, so the set does not depend on the process count
+            gen = self._make_generator(self.config.train.seed + EVAL_SEED_OFFSET)
+            bs = self.per_rank(global_batch)
+            part = slice(self.place.rank * bs, (self.place.rank + 1) * bs)
+            self._held_out = [to_device({k: v[part] for k, v in gen.next_batch(global_batch).items()},
+                                        self.place.device, self.channels_last) for _ in range(d.gen_eval_batches)]
+        return self._held_out
+
+    def _eval_from_shards(self, batch_size: int) -> Iterator[Batch]:
+        from maskdepth.data.loader import make_loader
+
+        d = self.config.data
+        loader = make_loader(d.dir, d.eval_split, batch_size, d.size, train=False, workers=d.workers,
+                             seed=self.config.train.seed, pin_memory=self.place.device.type == "cuda")
+        seen, limit = 0, -(-d.eval_samples // self.place.world_size)
+        for batch in loader:
+            if limit and seen >= limit:
+                break
+            seen += batch["image"].shape[0]
+            yield to_device(batch, self.place.device, self.channels_last)

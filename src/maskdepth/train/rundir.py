@@ -1,0 +1,173 @@
+"""The run directory: everything one training run writes, and what `--resume` reads back.
+
+RUN/
+  run.json          marker: command line, package / torch / Python versions, device, world size
+  config.toml       the resolved config (`maskdepth train --config RUN/config.toml` repeats the run)
+  metrics.jsonl     one JSON object per train log, evaluation or skipped step
+  tb/               TensorBoard events
+  samples/          sample grids, one PNG per epoch
+  last.safetensors  the latest weights;  best.safetensors  the best by train.best_metric
+  state.pt          resumable state (weights, optimizer, scheduler, position, RNG), torch.load(weights_only)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskdepth import __version__
+from maskdepth.errors import UserError
+from maskdepth.fileio import atomic_path, atomic_write_text, prepare_output_dir
+from maskdepth.train.config import Config, load_config, to_toml
+
+MARKER = "run.json"
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+STATE = "state.pt"
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+
+
+def is_run(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def check_new(path: str | Path, force: bool) -> None:
+    """Refuse to start a run in an existing run (suggesting --resume) or in a non-empty folder that is not a
+    run, unless `force`. Changes nothing, so every rank can ask before one of them creates the folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file, not a folder; choose another --out path")
+    if force or not path.is_dir():
+        return
+    if is_run(path):
+        raise UserError(f"{path}: already holds a training run; continue it with --resume {path}, "
+                        "or pass --force to start over in it")
+    if any(path.iterdir()):
+        raise UserError(f"{path}: folder is not empty and is not a maskdepth run; choose an empty or new "
+                        "folder, or pass --force to replace its contents")
+
+
+def create(path: str | Path, config: Config, argv: list[str], force: bool, extra: dict[str, Any]) -> Path:
+    """Start a new run folder (after `check_new`); with `force` whatever was there is removed first."""
+    path = Path(path)
+    check_new(path, force)
+    if is_run(path):
+        shutil.rmtree(path)
+    prepare_output_dir(path, force, owned_by=MARKER, what="run folder")
+    info = {
+        "format": "maskdepth-run",
+        "argv": argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"maskdepth": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     "numpy": np.__version__},
+        **extra,
+    }
+    atomic_write_text(path / CONFIG, to_toml(config))
+    atomic_write_text(path / MARKER, json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def open_existing(path: str | Path) -> Config:
+    """The config of run `path`, for --resume; UserError when it is not a resumable run."""
+    path = Path(path)
+    if not is_run(path):
+        raise UserError(f"{path}: not a maskdepth training run (no {MARKER}); give the folder a "
+                        "`maskdepth train --out RUN` wrote")
+    if not (path / STATE).is_file():
+        raise UserError(f"{path}: the run saved no resumable state yet (no {STATE}); start it again with "
+                        f"--out {path} --force")
+    return load_config(path / CONFIG)
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(_plain(record), sort_keys=True) + "\n")
+
+
+def _plain(x: Any) -> Any:
+    """NaN and infinities as the strings "nan", "inf", "-inf": strict JSON for any reader."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return repr(x)
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of RUN/metrics.jsonl (a torn last line from a crash is ignored)."""
+    p = Path(path) / METRICS
+    if not p.is_file():
+        raise UserError(f"{p}: not found; give the folder of a `maskdepth train` run")
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after `step` (work lost in a crash and done again after --resume)."""
+    p = path / METRICS
+    if p.is_file():
+        keep = [json.dumps(r, sort_keys=True) for r in read_metrics(path) if r.get("step", 0) <= step]
+        atomic_write_text(p, "".join(line + "\n" for line in keep))
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop may draw from, in types torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path / STATE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    p = path / STATE
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file gets the same one-line answer
+        raise UserError(f"{p}: unreadable resumable state ({type(e).__name__}); start the run again with "
+                        "--force") from None
+
+
+def command_line() -> list[str]:
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]

@@ -1,0 +1,283 @@
+"""Training: config files and overrides, the loop (loss falls), exact resume after a crash, two-process DDP
+equal to one process, the NaN guard, the generator with progressive resizing, the run folder, plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint
+from maskdepth.cli import main as cli
+from maskdepth.data.make import MakeConfig, make_dataset
+from maskdepth.errors import UserError
+from maskdepth.train import data as train_data
+from maskdepth.train.config import load_config, parse_set, to_toml
+from maskdepth.train.loop import make_plan, make_scheduler, train
+from maskdepth.train.rundir import open_existing, read_metrics
+
+SIZE = 32
+# the small default model at 32x32, batches of 8, no loader worker processes unless a test says so
+BASE = {"model.name": "maskdepth-small", "data.size": SIZE, "data.workers": 0, "train.batch_size": 8,
+        "train.device": "cpu", "train.log_every": 1, "train.samples": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """96 train and 24 test samples at 32x32 in 16-sample shards (a second or so)."""
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    make_dataset(out, MakeConfig(size=(SIZE, SIZE), backgrounds=5, foregrounds=4, per_pair=3, shard_size=16,
+                                 test_fraction=0.2), workers=1, progress=False)
+    return out
+
+
+def config(dataset: Path, **overrides):
+    return load_config(None, overrides={"data.dir": str(dataset), **BASE, **overrides})
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run / "last.safetensors")[0]
+
+
+# -- config ------------------------------------------------------------------------------------------------
+
+def test_config_round_trips_through_toml_and_overrides_apply(tmp_path):
+    c = load_config(None, ["data.dir=/some/where", "optim.lr=1e-3", "train.resize=[[24, 1], [32, 2, 4]]",
+                           "model.kwargs={width = 8}", "augment.hflip=0"], {"train.epochs": 3})
+    assert (c.data.dir, c.optim.lr, c.train.epochs) == ("/some/where", 1e-3, 3)
+    assert c.train.resize == [[24, 1], [32, 2, 4]] and c.model.kwargs == {"width": 8}
+    assert c.augment["hflip"] == 0 and "crop" in c.augment  # defaults of the data side filled in
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(c))
+    assert load_config(path) == c
+    assert parse_set("data.dir=/a b/c") == ("data", "dir", "/a b/c")  # not TOML: taken as a string
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["optim.lr=fast"], "expected float"),
+    (["nosuch.key=1"], "unknown section"),
+    (["train.bogus=1"], "unknown key [train] bogus"),
+    (["train.epochs=0"], "epochs"),
+    (["train.resize=[[64]]"], "resize entry"),
+    (["schedule.name=linear"], "schedule"),
+    (["train.best_metric=accuracy"], "best_metric"),
+    (["augment.nosuch=1"], "unknown key [augment] nosuch"),
+])
+def test_bad_config_values_are_one_line_errors(sets, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, ["data.dir=x", *sets])
+
+
+def test_bad_config_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train\nepochs = 1\n")
+    with pytest.raises(UserError, match="bad.toml: not valid TOML"):
+        load_config(path)
+
+
+def test_example_configs_load():
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.toml")):
+        load_config(path)
+
+
+def test_plan_resizes_progressively_and_schedules_span_it():
+    c = load_config(None, ["data.dir=x", "train.resize=[[64, 2, 32], [112, 1, 16]]", "train.epochs=4",
+                           "schedule.name=step", "schedule.step_epochs=2", "schedule.gamma=0.1"])
+    plan = make_plan(c, lambda epoch, size, bs: 160 // bs)
+    assert plan.sizes == [64, 64, 112, 112] and plan.batch_sizes == [32, 32, 16, 16]
+    assert plan.steps == [5, 5, 10, 10] and plan.total == 30
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make_scheduler(c, opt, plan)
+    lrs = []
+    for _ in range(plan.total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == lrs[9] == 1.0 and lrs[10] == pytest.approx(0.1)  # x0.1 after two epochs
+    capped = make_plan(load_config(None, ["data.dir=x", "train.steps=12"]), lambda e, s, b: 5)
+    assert capped.steps == [5, 5, 2] and capped.total == 12  # train.steps decides the length
+    for name in ("cosine", "onecycle", "constant"):
+        c = load_config(None, ["data.dir=x", f"schedule.name={name}", "schedule.warmup_steps=3"])
+        opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = make_scheduler(c, opt, plan)
+        for _ in range(plan.total):  # OneCycleLR raises if stepped past its length
+            opt.step()
+            sched.step()
+        assert opt.param_groups[0]["lr"] <= 1.0
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+
+def test_loss_falls_and_the_run_folder_holds_everything(dataset, tmp_path):
+    run = tmp_path / "run"
+    last = train(config(dataset, **{"train.epochs": 3, "train.epoch_steps": 10, "optim.lr": 3e-3}), run)
+    train_logs = [r for r in read_metrics(run) if r["split"] == "train"]
+    losses = [r["loss"]["total"] for r in train_logs]
+    assert len(losses) == 30
+    first, final = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert final < 0.85 * first, (first, final)
+    assert all(r["samples_per_s"] > 0 and r["lr"] > 0 for r in train_logs)
+    evals = [r for r in read_metrics(run) if r["split"] == "test"]
+    assert [r["epoch"] for r in evals] == [1, 2, 3] and evals[-1] == json.loads(json.dumps(last))
+    assert evals[-1]["samples"] == 24 and 0 <= evals[-1]["metrics"]["mask_iou"] <= 1
+    # the run folder: reusable config, the command, versions, TensorBoard, sample grids, checkpoints
+    assert load_config(run / "config.toml") == config(dataset, **{"train.epochs": 3, "train.epoch_steps": 10,
+                                                                    "optim.lr": 3e-3})
+    info = json.loads((run / "run.json").read_text())
+    assert info["versions"]["torch"] == torch.__version__ and info["params"] > 0
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(list((run / "samples").glob("*.png"))) == 3
+    for name in ("last", "best"):
+        model, header = load_model_from_checkpoint(run / f"{name}.safetensors")
+        assert header["depth"]["unit"] == "metres" and header["train_size"] == [SIZE, SIZE]
+        assert header["model"] == "maskdepth-small" and model.depth_max == header["depth"]["max"]
+        assert "mask_iou" in header["metrics"]
+    assert read_checkpoint(run / "last.safetensors")[1]["step"] == 30
+    assert cli(["plot", str(run)]) == 0 and (run / "curves.png").stat().st_size > 1000
+
+
+def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tmp_path):
+    """A crash at step 10 (last state saved at step 8, mid-epoch 2) and --resume: same weights, bit for bit.
+    Deterministic mode, one loader worker process, augmentation and capture jitter on."""
+    overrides = {"train.epochs": 2, "train.epoch_steps": 6, "train.checkpoint_every": 4, "train.deterministic": True,
+                 "data.workers": 1, "optim.name": "sgd", "schedule.name": "onecycle", "train.samples": 0}
+    whole = tmp_path / "whole"
+    train(config(dataset, **overrides), whole)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_10(step: int) -> None:
+        if step == 10:
+            raise Crash
+
+    broken = tmp_path / "broken"
+    with pytest.raises(Crash):
+        train(config(dataset, **overrides), broken, on_step=crash_at_10)
+    state = torch.load(broken / "state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
+    assert cli(["train", "--resume", str(broken)]) == 0
+    a, b = weights(whole), weights(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [r["step"] for r in read_metrics(broken) if r["split"] == "train"]
+    assert logged == list(range(1, 13))  # the crashed steps 9-10 were logged once, by the resumed run
+
+
+def test_two_process_ddp_equals_one_process_on_the_same_global_batches(dataset, tmp_path, monkeypatch):
+    """torchrun, 2 CPU processes (gloo), 4 samples each, against one process given each step's two rank
+    batches as one batch of 8 (the loader's own rank split, asked for in this process).
+
+    Equal up to float rounding because DDP averages the ranks' gradients, every loss term is a mean over
+    pixels or images of equal-sized halves (procedural depth is valid everywhere), and BatchNorm statistics
+    are frozen (train.freeze_bn): plain BatchNorm would normalise each rank's half with its own statistics, and
+    SyncBatchNorm, which the loop uses on GPUs, has no CPU implementation. Evaluation runs under DDP too: each
+    rank scores its part of the test split and the metrics are all-reduced, so they must equal one process
+    scoring all of it."""
+    sets = {"train.epochs": 1, "train.epoch_steps": 5, "train.freeze_bn": True, "train.samples": 0}
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "maskdepth", "train", "--data", str(dataset), "--out", str(ddp)]
+    for key, value in {**BASE, **sets}.items():
+        cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower()}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((ddp / "run.json").read_text())["world_size"] == 2
+
+    from maskdepth.data import loader as loader_mod
+
+    def both_ranks(self, epoch, size, global_batch, skip):
+        halves = []
+        for rank in (0, 1):
+            with monkeypatch.context() as m:
+                m.setattr(loader_mod, "_dist", lambda rank=rank: (rank, 2))
+                halves.append(loader_mod.make_loader(
+                    self.config.data.dir, "train", global_batch // 2, size, train=True, augment=self._augment(),
+                    capture=self._capture(), workers=0, seed=self.config.train.seed, epoch=epoch))
+        for b0, b1 in zip(*halves):
+            yield {k: torch.cat([b0[k], b1[k]]) for k in b0}
+
+    monkeypatch.setattr(train_data.TrainData, "epoch", both_ranks)
+    one = tmp_path / "one"
+    train(config(dataset, **sets), one)
+    a, b = weights(one), weights(ddp)
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    (m_one,), (m_ddp,) = ([r for r in read_metrics(run) if r["split"] == "test"] for run in (one, ddp))
+    assert m_one["samples"] == m_ddp["samples"] == 24
+    for name, value in m_one["metrics"].items():
+        assert m_ddp["metrics"][name] == pytest.approx(value, abs=1e-3), name
+    assert m_ddp["loss"]["total"] == pytest.approx(m_one["loss"]["total"], rel=1e-4)
+
+
+def _poison(monkeypatch, steps: set[int]):
+    """Put a NaN into the image of the batches of the given (1-based) steps."""
+    epoch = train_data.TrainData.epoch
+
+    def poisoned(self, e, size, global_batch, skip):
+        for i, batch in enumerate(epoch(self, e, size, global_batch, skip), start=skip + 1):
+            if i in steps:
+                batch["image"][0, 0, 0, 0] = math.nan
+            yield batch
+
+    monkeypatch.setattr(train_data.TrainData, "epoch", poisoned)
+
+
+def test_a_nan_batch_is_skipped_and_reported(dataset, tmp_path, monkeypatch, capsys):
+    _poison(monkeypatch, {2})
+    run = tmp_path / "run"
+    train(config(dataset, **{"train.epochs": 1, "train.epoch_steps": 4, "train.samples": 0}), run)
+    assert "step 2: non-finite loss" in capsys.readouterr().err
+    skipped = [r for r in read_metrics(run) if r.get("event") == "skipped"]
+    assert [r["step"] for r in skipped] == [2] and skipped[0]["loss"] == "nan"
+    state = weights(run)  # weights and BatchNorm statistics stayed finite
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert read_checkpoint(run / "last.safetensors")[1]["step"] == 4
+
+
+def test_nans_in_a_row_stop_the_run_with_a_clear_message(dataset, tmp_path, monkeypatch):
+    _poison(monkeypatch, {2, 3, 4})
+    with pytest.raises(UserError, match="training stopped at step 4: .* NaN/inf for 3 steps in a row"):
+        train(config(dataset, **{"train.epochs": 1, "train.epoch_steps": 6, "train.max_bad_steps": 3,
+                                 "train.samples": 0}), tmp_path / "run")
+
+
+def test_generator_with_progressive_resizing_and_held_out_evaluation(tmp_path):
+    run = tmp_path / "gen"
+    c = load_config(None, overrides={**BASE, "data.generator": "procedural", "data.gen_backgrounds": 2,
+                                     "data.gen_cutouts": 3, "data.gen_eval_batches": 1, "train.epochs": 2,
+                                     "train.epoch_steps": 2, "train.resize": [[24, 1, 4], [SIZE, 1]]})
+    last = train(c, run)
+    sizes = [r["size"] for r in read_metrics(run) if r["split"] == "train"]
+    assert sizes == [24, 24, SIZE, SIZE]
+    assert last["split"] == "held-out" and last["samples"] == 8
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["data"]["ranks"][0]["step"] == 4  # the generator's position, for --resume
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+
+def test_cli_refuses_to_overwrite(dataset, tmp_path, capsys):
+    args = ["train", "--data", str(dataset), "--model", "maskdepth-small", "--size", "24", "--batch-size", "8",
+            "--workers", "0", "--steps", "1", "--set", "train.samples=0", "--set", "data.eval_split="]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert cli([*args, "--out", str(mine)]) == 2
+    assert "not empty and is not a maskdepth run" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+    run = tmp_path / "run"
+    assert cli([*args, "--out", str(run)]) == 0
+    assert cli([*args, "--out", str(run)]) == 2
+    assert f"continue it with --resume {run}" in capsys.readouterr().err
+    assert cli(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "give no other options" in capsys.readouterr().err
+    assert cli([*args, "--out", str(run), "--force"]) == 0
+    assert cli(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a maskdepth training run" in capsys.readouterr().err
+    assert open_existing(run).data.size == 24
