@@ -94,17 +94,16 @@ def _tile(x, size: tuple[int, int]) -> np.ndarray:
 
 
 def make_grid(rows: Sequence[Sequence], labels: Sequence[str] | None = None, pad: int = 2,
-              background: int = 255) -> np.ndarray:
+              background: int = 255, tile: tuple[int, int] | None = None) -> np.ndarray:
     """Lay pictures out in rows -> one (H,W,3) uint8 picture.
 
-    Every tile is resized to the first tile's size; gray tiles become RGB; short rows are left blank at the end.
-    `labels`, if given, name the columns in a strip of LABEL_H pixels above the first row.
+    Every tile is resized to `tile` (h, w), by default the first tile's size; gray tiles become RGB; short rows
+    are left blank at the end. `labels`, if given, name the columns in a strip of LABEL_H pixels above the grid.
     """
     rows = [list(r) for r in rows]
     if not rows or not any(rows):
         raise ValueError("make_grid needs at least one picture")
-    first = to_uint8(next(t for r in rows for t in r))
-    th, tw = first.shape[:2]
+    th, tw = tile or to_uint8(next(t for r in rows for t in r)).shape[:2]
     ncols = max(len(r) for r in rows)
     top = LABEL_H + pad if labels else 0
     h = top + pad + len(rows) * (th + pad)
