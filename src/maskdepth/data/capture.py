@@ -118,37 +118,40 @@ def _quant_tables(quality: torch.Tensor) -> torch.Tensor:
     return torch.floor((base * scale.view(-1, 1, 1, 1) + 50) / 100).clamp(1, 255)
 
 
-def _to_blocks(x: torch.Tensor) -> torch.Tensor:
-    """(N,C,H,W) -> (N,C,H/8,W/8,8,8) contiguous 8x8 blocks."""
-    n, c, h, w = x.shape
-    return x.reshape(n, c, h // 8, 8, w // 8, 8).transpose(3, 4).contiguous()
+# RGB (0..255) <-> YCbCr (JFIF coefficients, chroma centred on 0)
+_TO_YCC = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+_FROM_YCC = [[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]]
 
 
-def _from_blocks(b: torch.Tensor) -> torch.Tensor:
-    n, c, bh, bw = b.shape[:4]
-    return b.transpose(3, 4).reshape(n, c, bh * 8, bw * 8)
+@functools.lru_cache(maxsize=8)
+def _codec_matrices(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(RGB -> YCbCr, YCbCr -> RGB, the 64x64 2-D DCT of a flattened 8x8 block)."""
+    m = _dct_matrix(device, torch.float64)
+    return (torch.tensor(_TO_YCC, dtype=dtype).to(device), torch.tensor(_FROM_YCC, dtype=dtype).to(device),
+            torch.kron(m, m).to(dtype))
+
+
+def _quantise(planes: torch.Tensor, table: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
+    """DCT every 8x8 block of planes (N,C,H,W), round the coefficients to multiples of table (N,64), and back.
+    Blocks are flattened to rows of 64, so each transform is one matrix product."""
+    n, c, h, w = planes.shape
+    blocks = planes.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, -1, 64)
+    q = table.view(n, 1, 64)
+    coeff = torch.round((blocks @ dct.T) / q) * q
+    return (coeff @ dct).view(n, c, h // 8, w // 8, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
 
 
 def jpeg_roundtrip(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """(N,3,H,W) in [0,1] through baseline JPEG (YCbCr, 4:2:0 chroma, 8x8 DCT quantised at per-sample `quality`)
     and back. Real rounding of the coefficients, so blocking and ringing look like a camera's files."""
     n, _, h, w = rgb.shape
-    ph, pw = (-h) % 16, (-w) % 16
-    x = F.pad(rgb, (0, pw, 0, ph), mode="replicate") * 255
-    r, g, b = x.unbind(1)
-    y = (0.299 * r + 0.587 * g + 0.114 * b - 128).unsqueeze(1)
-    chroma = F.avg_pool2d(torch.stack([-0.168736 * r - 0.331264 * g + 0.5 * b,
-                                       0.5 * r - 0.418688 * g - 0.081312 * b], 1), 2)
-    m = _dct_matrix(rgb.device, rgb.dtype)
-    tables = _quant_tables(quality.to(rgb.dtype)).view(n, 2, 1, 1, 8, 8)
-
-    def quantise(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        coeff = m @ _to_blocks(plane) @ m.T
-        return _from_blocks(m.T @ (torch.round(coeff / table) * table) @ m)
-
-    y = quantise(y, tables[:, :1]) + 128
-    chroma = F.interpolate(quantise(chroma, tables[:, 1:]), scale_factor=2, mode="bilinear", align_corners=False)
-    cb, cr = chroma.unbind(1)
-    y = y[:, 0]
-    out = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+    to_ycc, from_ycc, dct = _codec_matrices(rgb.device, rgb.dtype)
+    x = F.pad(rgb, (0, (-w) % 16, 0, (-h) % 16), mode="replicate") * 255
+    ph, pw = x.shape[-2:]
+    ycc = (to_ycc @ x.view(n, 3, -1)).view(n, 3, ph, pw)
+    tables = _quant_tables(quality.to(rgb.dtype))
+    y = _quantise(ycc[:, :1] - 128, tables[:, 0], dct) + 128  # JPEG's level shift
+    chroma = _quantise(F.avg_pool2d(ycc[:, 1:], 2), tables[:, 1], dct)
+    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+    out = (from_ycc @ torch.cat([y, chroma], 1).view(n, 3, -1)).view(n, 3, ph, pw)
     return (out[:, :, :h, :w] / 255).clamp(0, 1)
