@@ -271,9 +271,10 @@ class CutoutBank:
         return cls.from_rgba([c.rgba for c in cutouts], [c.height_m for c in cutouts], size)
 
     @classmethod
-    def from_dataset(cls, root: str | os.PathLike, ids: Sequence[int] | None = None, size: int = CUTOUT_SIZE
+    def from_dataset(cls, root: str | os.PathLike, ids: Sequence[int] | None = None, size: int | None = None
                      ) -> CutoutBank:
-        """The cutouts stored in a dataset folder made by `maskdepth data make` (all, or `ids`)."""
+        """The cutouts stored in a dataset folder made by `maskdepth data make` (all, or `ids`), at the dataset's
+        cutout size unless `size` is given."""
         from maskdepth.codecs import decode_image
         from maskdepth.data.shards import cutout_file, read_metadata
 
@@ -292,4 +293,5 @@ class CutoutBank:
                 raise UserError(f"{p}: cutout file missing; the dataset is incomplete: rerun the command that "
                                 "made it") from None
             rgbas.append(np.asarray(img.convert("RGBA")))
+        size = size or int(meta.get("cutout_size", CUTOUT_SIZE))
         return cls.from_rgba(rgbas, [float(entries[i]["height_m"]) for i in ids], size)

@@ -155,7 +155,7 @@ def _split_order(seed: int, split_code: int, n: int) -> np.ndarray:
     return _ORDER_CACHE[key]
 
 
-def test_backgrounds(seed: int, n_backgrounds: int, fraction: float) -> list[int]:
+def held_out_backgrounds(seed: int, n_backgrounds: int, fraction: float) -> list[int]:
     """The held-out backgrounds: a seeded choice of round(fraction * n), at least one if fraction > 0, and never
     all of them."""
     n_test = min(max(round(fraction * n_backgrounds), 1 if fraction > 0 else 0), n_backgrounds - 1)
@@ -405,7 +405,7 @@ def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = N
         if pool is None:
             torch.set_num_threads(1)  # the same arithmetic as a worker's, so the bytes do not depend on --workers
         assets = load_assets(cfg, pool)
-        test = test_backgrounds(cfg.seed, len(assets.backgrounds), cfg.test_fraction)
+        test = held_out_backgrounds(cfg.seed, len(assets.backgrounds), cfg.test_fraction)
         plan = Plan(str(out), cfg, len(assets.cutouts), {
             "train": tuple(i for i in range(len(assets.backgrounds)) if i not in test), "test": tuple(test)})
         meta = build_metadata(cfg, assets, plan)
