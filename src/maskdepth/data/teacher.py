@@ -158,7 +158,8 @@ class _OnnxRunner:
 
 
 class _TorchScriptRunner:
-    """torch.jit.load'ed module on (N,3,H,W) float32 (first output if it returns several)."""
+    """torch.jit.load'ed module on (N,3,H,W) float32 (first output if it returns several); `threads` torch
+    threads while it runs."""
 
     fixed_batch = None
     static_size = None
@@ -168,6 +169,7 @@ class _TorchScriptRunner:
 
         self.torch = torch
         self.device = torch.device(device)
+        self.threads = threads
         try:
             self.module = torch.jit.load(str(path), map_location=self.device).eval()
         except (RuntimeError, ValueError) as e:
@@ -177,8 +179,14 @@ class _TorchScriptRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
-        with torch.inference_mode():
-            y = self.module(torch.from_numpy(x).to(self.device))
+        before = torch.get_num_threads()
+        if self.threads:  # the same thread count gives the same bits (make relies on it)
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                y = self.module(torch.from_numpy(x).to(self.device))
+        finally:
+            torch.set_num_threads(before)
         while isinstance(y, (tuple, list)):
             y = y[0]
         if isinstance(y, dict):
