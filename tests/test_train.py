@@ -260,6 +260,48 @@ def test_generator_with_progressive_resizing_and_held_out_evaluation(tmp_path):
     assert state["data"]["ranks"][0]["step"] == 4  # the generator's position, for --resume
 
 
+def test_fine_tuning_starts_from_a_checkpoint(dataset, tmp_path, capsys):
+    source = tmp_path / "source"
+    train(config(dataset, **{"train.steps": 1, "data.eval_split": "", "train.samples": 0}), source)
+    tuned = tmp_path / "tuned"
+    # model.name is ignored: the checkpoint says what network it holds
+    train(config(dataset, **{"train.steps": 1, "data.eval_split": "", "train.samples": 0, "optim.lr": 1e-9,
+                             "model.name": "seed-updown", "model.init": str(source / "last.safetensors")}),
+          tuned)
+    a, b = weights(source), weights(tuned)
+    learned = [k for k in a if "running_" not in k and "num_batches" not in k]  # BatchNorm statistics move
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in learned) < 1e-6
+    assert json.loads((tuned / "run.json").read_text())["init"] == str(source / "last.safetensors")
+    assert load_config(tuned / "config.toml").model.name == "maskdepth-small"
+    with pytest.raises(UserError, match="not found"):
+        train(config(dataset, **{"model.init": str(tmp_path / "missing.safetensors")}), tmp_path / "x")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_generator_bf16_channels_last_and_exact_resume(tmp_path):
+    overrides = {**BASE, "train.device": "cuda", "data.generator": "procedural", "data.gen_backgrounds": 2,
+                 "data.gen_cutouts": 3, "data.gen_eval_batches": 1, "train.epochs": 2, "train.epoch_steps": 3,
+                 "train.checkpoint_every": 2, "train.deterministic": True}
+    whole = tmp_path / "whole"
+    last = train(load_config(None, overrides=overrides), whole)
+    assert math.isfinite(last["loss"]["total"])
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_5(step: int) -> None:
+        if step == 5:
+            raise Crash
+
+    broken = tmp_path / "broken"
+    with pytest.raises(Crash):
+        train(load_config(None, overrides=overrides), broken, on_step=crash_at_5)
+    train(open_existing(broken), broken, resume=True)
+    a, b = weights(whole), weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # -- the command line ---------------------------------------------------------------------------------------
 
 def test_cli_refuses_to_overwrite(dataset, tmp_path, capsys):

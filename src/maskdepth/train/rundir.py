@@ -170,4 +170,9 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def command_line() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+    """This process's command line, the program named `maskdepth` when it was (python -m maskdepth, the
+    script, or torchrun -m maskdepth)."""
+    program = sys.argv[0]
+    if Path(program).name in ("maskdepth", "__main__.py"):
+        program = "maskdepth"
+    return [program, *sys.argv[1:]]
