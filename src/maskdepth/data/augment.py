@@ -162,21 +162,26 @@ def _light_(y: torch.Tensor, d: Draw, pivot: float, unit: float) -> None:
     y.clamp_(0.0, 1.0)
 
 
-def apply_draws(batch: Batch, draws: list[Draw], size: int | tuple[int, int]) -> Batch:
+def empty_batch(n: int, size: int | tuple[int, int], empty=torch.empty) -> Batch:
+    """Uninitialised float32 batch dict of n samples at `size`; `empty(*shape)` allocates (e.g. shared memory)."""
+    hw = as_hw(size)
+    return {"bg": empty(n, 3, *hw), "image": empty(n, 3, *hw), "mask": empty(n, 1, *hw),
+            "depth": empty(n, 1, *hw), "depth_valid": empty(n, 1, *hw)}
+
+
+def apply_draws(batch: Batch, draws: list[Draw], size: int | tuple[int, int], out: Batch | None = None) -> Batch:
     """Resample and relight a batch with one Draw per sample -> float32 batch dict at `size`.
 
     bg, image (N,3,H,W) and mask (N,1,H,W) may be uint8 (0..255) or float [0,1] (uint8 channels-last is the fast
-    path); depth (N,1,H,W) float; depth_valid optional (default depth > 0).
+    path); depth (N,1,H,W) float; depth_valid optional (default depth > 0). `out` (see empty_batch) receives the
+    result instead of new tensors.
     """
     out_hw = as_hw(size)
     image, depth, valid = batch["image"], batch["depth"].float(), batch.get("depth_valid")
     mask, bg = _as_dtype(batch["mask"], image.dtype), _as_dtype(batch["bg"], image.dtype)
     n, in_hw = image.shape[0], tuple(image.shape[-2:])
     unit = 1 / 255.0 if image.dtype == torch.uint8 else 1.0
-    out = {"bg": torch.empty(n, 3, *out_hw), "image": torch.empty(n, 3, *out_hw),
-           "mask": torch.empty(n, 1, *out_hw), "depth": torch.empty(n, 1, *out_hw)}
-    if valid is not None:
-        out["depth_valid"] = torch.empty(n, 1, *out_hw)
+    out = empty_batch(n, out_hw) if out is None else out
     for i, d in enumerate(draws):
         if d.box == (0, 0, in_hw[1], in_hw[0]) and in_hw == out_hw and not d.angle:
             d_img, d_mask, d_bg = image[i:i + 1], mask[i:i + 1], bg[i:i + 1]  # nothing to resample
@@ -205,12 +210,12 @@ def apply_draws(batch: Batch, draws: list[Draw], size: int | tuple[int, int]) ->
         out["mask"].mul_(1 / 255.0)  # the same product as the pictures get in _light_
     out["mask"].clamp_(0.0, 1.0)  # bilinear weights may sum to a hair over 1
     if valid is None:
-        out["depth_valid"] = (out["depth"] > 0).float()
+        out["depth_valid"].copy_(out["depth"] > 0)
     return out
 
 
 def augment_batch(batch: Batch, cfg: AugmentConfig, size: int | tuple[int, int],
-                  generator: torch.Generator | None = None) -> Batch:
+                  generator: torch.Generator | None = None, out: Batch | None = None) -> Batch:
     """Augment a batch dict and bring it to `size` (see apply_draws for accepted inputs).
 
     Returns the float32 batch dict of docs/ARCHITECTURE.md. All random numbers come from one draw of
@@ -219,11 +224,11 @@ def augment_batch(batch: Batch, cfg: AugmentConfig, size: int | tuple[int, int],
     out_hw = as_hw(size)
     n, in_hw = batch["image"].shape[0], tuple(batch["image"].shape[-2:])
     u = torch.rand(n, 15, generator=generator, dtype=torch.float64).tolist()
-    return apply_draws(batch, [draw(r, in_hw, out_hw, cfg) for r in u], out_hw)
+    return apply_draws(batch, [draw(r, in_hw, out_hw, cfg) for r in u], out_hw, out)
 
 
-def resize_batch(batch: Batch, size: int | tuple[int, int]) -> Batch:
+def resize_batch(batch: Batch, size: int | tuple[int, int], out: Batch | None = None) -> Batch:
     """No augmentation: bring a batch to `size` (antialiased bilinear for pictures and mask, nearest for depth)
     as float32 [0,1]."""
     n, (h, w) = batch["image"].shape[0], batch["image"].shape[-2:]
-    return apply_draws(batch, [Draw((0, 0, w, h))] * n, size)
+    return apply_draws(batch, [Draw((0, 0, w, h))] * n, size, out)
