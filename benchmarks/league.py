@@ -51,15 +51,15 @@ def make_data(out: Path, p: dict, seed: int) -> Path:
 
 
 def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> float:
-    """Training samples per second of model `name` (forward, backward, AdamW) over two steps after one warm-up
-    step."""
+    """Training samples per second of model `name` (forward, backward, AdamW): the fastest of three steps after
+    two warm-up steps (the fastest, since other work on the machine only ever slows a step down)."""
     from maskdepth.models import create_model
 
     model = create_model(name, depth_max=10.0).to(device).train()
     opt = torch.optim.AdamW(model.parameters())
     x = torch.rand(batch_size, 3, size, size, device=device)
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         mask, depth = model(x, x)
         (mask.mean() + depth.mean()).backward()
@@ -68,7 +68,7 @@ def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> 
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return batch_size * 2 / sum(times[1:])
+    return batch_size / min(times[2:])
 
 
 def train_one(name: str, steps: int, data: Path, run: Path, p: dict, args, device: torch.device) -> dict:
@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         run = work / "runs" / name
         row = {"model": name, "params": sum(t.numel() for t in create_model(name, depth_max=10.0).parameters())}
         row.update(train_one(name, steps[name], data, run, p, args, device))
+        t0 = time.perf_counter()
         record, _ = evaluate_checkpoint(run / "last.safetensors", data, "test", batch_size=p["batch_size"],
                                         size=p["size"], device=str(device), workers=p["workers"], progress=False)
+        row["eval_s"] = time.perf_counter() - t0
         m = record["metrics"]
         row["metrics"] = m
         row["score"] = (m["mask_iou"] + m["depth_delta1"]) / 2

@@ -56,7 +56,7 @@ def evaluate_batches(model: nn.Module, batches: Iterable[Batch], depth_max: floa
     model.eval()
     metrics = Metrics(depth_max, aligned=aligned)
     device = next(model.parameters()).device
-    loss_sums: dict[str, Tensor] = {}
+    loss_sums: dict[str, Tensor] = {}  # on the device: no host sync per batch
     n = 0
     worst: dict[str, list[tuple[float, int, Batch]]] = {"mask_iou": [], "depth_rmse": []}
     try:
@@ -76,8 +76,8 @@ def evaluate_batches(model: nn.Module, batches: Iterable[Batch], depth_max: floa
             n += bs
     finally:
         model.train(was_training)
-    losses = _mean_over_ranks(loss_sums, n, device)
-    result = EvalResult(metrics.compute(), losses, samples=_sum_over_ranks(n, device))
+    losses, samples = _pool_over_ranks({k: v.item() for k, v in loss_sums.items()}, n)
+    result = EvalResult(metrics.compute(), losses, samples=samples)
     result.worst = {k: [(-s if k == "mask_iou" else s, b) for s, _, b in sorted(v, reverse=True)]
                     for k, v in worst.items()}
     return result
@@ -105,32 +105,16 @@ def cpu_sample(batch: Batch, mask_logits: Tensor, depth: Tensor, i: int) -> Batc
     return sample
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _reduce_device(device: torch.device) -> torch.device:
-    return device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _sum_over_ranks(n: int, device: torch.device) -> int:
-    if not _distributed():
-        return n
-    t = torch.tensor([n], dtype=torch.float64, device=_reduce_device(device))
-    dist.all_reduce(t)
-    return int(t.item())
-
-
-def _mean_over_ranks(sums: dict[str, Tensor], n: int, device: torch.device) -> dict[str, float]:
-    if not sums:
-        return {}
-    t = torch.stack([v.reshape(()) for v in sums.values()] + [torch.tensor(float(n), dtype=torch.float64,
-                                                                          device=device)])
-    if _distributed():
-        t = t.to(_reduce_device(device))
-        dist.all_reduce(t)
-    values = t.cpu().tolist()
-    return {k: v / max(values[-1], 1.0) for k, v in zip(sums, values[:-1])}
+def _pool_over_ranks(sums: dict[str, float], n: int) -> tuple[dict[str, float], int]:
+    """(mean per sample of each summed loss, samples) over all ranks. A rank may have had no batch at all,
+    so its sums may be empty: gathered as objects, not all-reduced as a tensor of known length."""
+    parts = [(sums, n)]
+    if dist.is_available() and dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (sums, n))
+    total = sum(count for _, count in parts)
+    names = next((part.keys() for part, _ in parts if part), [])
+    return {k: sum(part.get(k, 0.0) for part, _ in parts) / max(total, 1) for k in names}, total
 
 
 def sample_grid(samples: list[Batch], depth_max: float):

@@ -236,64 +236,67 @@ class _Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from maskdepth.progress import Progress
-
-        t, plan = self.config.train, self.plan
+        plan = self.plan
         try:
             if self.place.main:
                 print(f"training {self.model_name} on {self.data.describe} ({self.place.device}, "
                       f"{self.place.world_size} process(es)): {len(plan.steps)} epoch(s), {plan.total} steps",
                       file=sys.stderr)
-            stop = self.step >= plan.total
-            while not stop and self.epoch < len(plan.steps):
-                size, gbs, n = plan.sizes[self.epoch], plan.batch_sizes[self.epoch], plan.steps[self.epoch]
-                with torch.random.fork_rng(devices=[]):  # making the loader draws no seed from our RNG
-                    batches = self.data.epoch(self.epoch, size, gbs, self.batch_in_epoch)
-                progress = Progress(n * gbs, f"epoch {self.epoch + 1}/{len(plan.steps)}", unit="img",
-                                    enabled=self.place.main)
-                progress.update(self.batch_in_epoch * gbs)
-                logged = _Window()
-                while self.batch_in_epoch < n:
-                    t0 = time.perf_counter()
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        raise UserError(f"{self.config.data.dir}: the loader gave {self.batch_in_epoch} batches "
-                                        f"in epoch {self.epoch + 1}, fewer than the {n} planned; the dataset "
-                                        "changed under the run: start it again") from None
-                    terms = self._train_step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    self.train_time += time.perf_counter() - t0
-                    logged.add(terms, gbs)
-                    progress.update(gbs, loss=terms.get("total", math.nan), lr=self._lr())
-                    if self.step % t.log_every == 0:
-                        self._log_train(logged)
-                    out_of_time = t.time_budget_s > 0 and not all_true(self.train_time < t.time_budget_s,
-                                                                       self.place)
-                    end_of_epoch = self.batch_in_epoch >= n
-                    if t.eval_every and self.step % t.eval_every == 0 and not end_of_epoch:
-                        self._evaluate()
-                    if t.checkpoint_every and self.step % t.checkpoint_every == 0 and not end_of_epoch:
-                        self._checkpoint()
-                    if out_of_time or self.step >= plan.total:
-                        stop = True
-                        break
-                    if self.on_step is not None and not end_of_epoch:
-                        self.on_step(self.step)
-                progress.close()
-                if logged.count:
-                    self._log_train(logged)
-                if self.batch_in_epoch >= plan.steps[self.epoch]:
+            while self.epoch < len(plan.steps):
+                out_of_time = self._run_epoch()
+                if self.batch_in_epoch == plan.steps[self.epoch]:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self._evaluate(grid=True)
                 self._checkpoint()
                 if self.on_step is not None:
                     self.on_step(self.step)
+                if out_of_time:
+                    break
         finally:
             if self.tb is not None:
                 self.tb.close()
         return self.last_eval
+
+    def _run_epoch(self) -> bool:
+        """The rest of the current epoch, or less when train.time_budget_s runs out (then True)."""
+        from maskdepth.progress import Progress
+
+        t = self.config.train
+        size, gbs, n = self.plan.sizes[self.epoch], self.plan.batch_sizes[self.epoch], self.plan.steps[self.epoch]
+        with torch.random.fork_rng(devices=[]):  # making the loader draws no seed from our RNG
+            batches = self.data.epoch(self.epoch, size, gbs, self.batch_in_epoch)
+        logged = _Window()
+        out_of_time = False
+        with Progress(n * gbs, f"epoch {self.epoch + 1}/{len(self.plan.steps)}", unit="img",
+                      enabled=self.place.main) as progress:
+            progress.update(self.batch_in_epoch * gbs)
+            while self.batch_in_epoch < n:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    raise UserError(f"{self.config.data.dir}: the loader gave {self.batch_in_epoch} batches in "
+                                    f"epoch {self.epoch + 1}, fewer than the {n} planned; the dataset changed "
+                                    "under the run: start it again")
+                terms = self._train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                self.train_time += time.perf_counter() - t0
+                logged.add(terms, gbs)
+                progress.update(gbs, loss=terms.get("total", math.nan), lr=self._lr())
+                if self.step % t.log_every == 0:
+                    self._log_train(logged)
+                out_of_time = t.time_budget_s > 0 and not all_true(self.train_time < t.time_budget_s, self.place)
+                if out_of_time or self.batch_in_epoch == n:  # the caller evaluates and checkpoints
+                    break
+                if t.eval_every and self.step % t.eval_every == 0:
+                    self._evaluate()
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self._checkpoint()
+                if self.on_step is not None:
+                    self.on_step(self.step)
+        if logged.count:
+            self._log_train(logged)
+        return out_of_time
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         t = self.config.train
