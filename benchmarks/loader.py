@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -88,15 +89,27 @@ def synthetic_dataset(root: Path, n: int, size: int, shard_size: int, n_bg: int 
 
 
 def loader_rate(data: Path, size: int, batch: int, workers: int, **kw) -> dict:
-    """samples/s over one epoch, timed from the first batch (worker start-up excluded)."""
+    """samples/s over one epoch, timed from the first batch (worker start-up excluded); the main process reads
+    every tensor, as a consumer would. Also the CPU time per sample of the workers and of the main process (the
+    whole epoch), which says what two free cores would do when the machine is shared."""
+    c0, s0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     loader = make_loader(data, "train", batch, size, workers=workers, **kw)
     it = iter(loader)
-    next(it)
-    t0, n = time.perf_counter(), 0
+    n = next(it)["image"].shape[0]
+    t0, timed = time.perf_counter(), 0
     for b in it:
-        n += b["image"].shape[0]
+        timed += b["image"].shape[0]
+        for v in b.values():
+            v.sum()
     dt = time.perf_counter() - t0
-    return {"samples": n, "seconds": round(dt, 3), "samples_per_s": round(n / dt, 1)}
+    del it, loader
+    c1, s1 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    n += timed
+    worker = (c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime) / n * 1e3 if workers else 0.0
+    main = (s1.ru_utime - s0.ru_utime + s1.ru_stime - s0.ru_stime) / n * 1e3
+    return {"samples": timed, "seconds": round(dt, 3), "samples_per_s": round(timed / dt, 1),
+            "worker_cpu_ms_per_sample": round(worker, 3), "main_cpu_ms_per_sample": round(main, 3),
+            "samples_per_s_on_2_free_cores": round(2e3 / max(worker + main, 1e-9), 1)}
 
 
 def profile(data: Path, size: int, batch: int, reps: int) -> dict:
@@ -155,7 +168,8 @@ def main() -> None:
         stages = profile(data, args.size, batch, reps=2 if args.quick else 5)
     result = {"benchmark": "loader", "date": datetime.date.today().isoformat(),
               "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-                          "cores": os.cpu_count(), "torch": torch.__version__},
+                          "cores": os.cpu_count(), "torch": torch.__version__,
+                          "load_average_1min": round(os.getloadavg()[0], 2)},
               "quick": args.quick, "size": args.size, "batch": batch, "workers": args.workers,
               "data": str(args.data) if args.data else f"synthetic, {n} samples",
               "loader": runs, "stage_ms_per_sample_one_core": stages,

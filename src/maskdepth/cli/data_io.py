@@ -37,13 +37,13 @@ def register(dsub) -> None:
                         "--depth-scale)")
     p.add_argument("--depth-scale", type=float, metavar="S",
                    help="metres per 16-bit depth step (with --depth-unit metres), e.g. 0.001")
-    p.add_argument("--test-fraction", type=float, default=0.1,
+    p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
                    help="share held out as the test split: whole backgrounds when there are several (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and shuffle (default 0)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    p.add_argument("--jpeg-quality", type=int, default=95,
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split and shuffle (default 0)")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",
                    help="quality of re-encoded fg_bg JPEGs (JPEGs at the right size are kept as they are)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace what OUT holds")
     p.set_defaults(func=_import)
 
@@ -52,10 +52,10 @@ def register(dsub) -> None:
                                     "coloured depth (near red, far blue, unknown black).")
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--split", default="train", choices=("train", "test"))
-    p.add_argument("--n", type=int, default=16, help="samples to show (default 16)")
+    p.add_argument("--n", type=int, default=16, metavar="N", help="samples to show (default 16)")
     p.add_argument("--out", metavar="FILE.png", help="picture to write (default: DIR's name-SPLIT.png here)")
-    p.add_argument("--seed", type=int, default=0, help="which samples (default 0)")
-    p.add_argument("--tile", type=int, default=160, help="largest tile side in pixels (default 160)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="which samples (default 0)")
+    p.add_argument("--tile", type=int, default=160, metavar="PX", help="largest tile side in pixels (default 160)")
     p.add_argument("--force", action="store_true", help="overwrite FILE.png if it exists")
     p.set_defaults(func=_show)
 
@@ -64,8 +64,8 @@ def register(dsub) -> None:
                                     "fg_bg and bg, depth range and mean, mask coverage.")
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--split", default="train", choices=("train", "test"))
-    p.add_argument("--max-samples", type=int, default=2000, help="samples to read at most (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="which samples when there are more (default 0)")
+    p.add_argument("--max-samples", type=int, default=2000, metavar="N", help="samples to read at most (default 2000)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="which samples when there are more (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_stats)
 

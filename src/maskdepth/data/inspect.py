@@ -15,23 +15,29 @@ COLUMNS = ("bg", "fg_bg", "mask", "depth")
 
 
 def pick_samples(ds, split: str, n: int, seed: int = 0) -> list[tuple[str, dict[str, bytes]]]:
-    """Up to n samples of `split`, chosen at random from `seed` (all of them, in order, if there are <= n),
-    reading only the shards that hold them."""
+    """Up to n samples of `split` chosen from `seed`: all of them if there are no more than n, else n at random
+    from randomly chosen shards holding at least n together, so only those shards are read (shards are mixes
+    of the whole dataset, so this is a fair sample at a fraction of the reading)."""
     from maskdepth.data.loader import shard_counts
     from maskdepth.data.shards import iter_shard
 
     counts = shard_counts(ds, split)
-    total = sum(counts)
-    if total == 0:
+    if sum(counts) == 0:
         raise UserError(f"{ds.root}: split '{split}' has no samples; try --split "
                         f"{'test' if split == 'train' else 'train'}")
-    chosen = set(range(total)) if total <= n else set(random.Random(seed).sample(range(total), n))
-    picked, start = [], 0
-    for path, count in zip(ds.shards(split), counts):
-        if any(start <= i < start + count for i in chosen):
-            picked += [s for i, s in enumerate(iter_shard(path), start) if i in chosen]
-        start += count
-    return picked
+    rng = random.Random(seed)
+    order = [s for s in range(len(counts)) if counts[s]]
+    rng.shuffle(order)
+    take, have = [], 0
+    for s in order:
+        if have >= n:
+            break
+        take.append(s)
+        have += counts[s]
+    pool = [(s, i) for s in sorted(take) for i in range(counts[s])]
+    chosen = set(pool) if len(pool) <= n else set(rng.sample(pool, n))
+    paths = ds.shards(split)
+    return [sample for s in sorted(take) for i, sample in enumerate(iter_shard(paths[s])) if (s, i) in chosen]
 
 
 def decode_sample(ds, sample: dict[str, bytes]) -> dict[str, np.ndarray]:
