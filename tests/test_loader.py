@@ -207,8 +207,14 @@ def test_truncated_shard_and_missing_metadata(tmp_path):
     root = write_dataset(tmp_path / "trunc", record_counts=False)
     path = root / "shards" / shard_name("train", 0)
     path.write_bytes(path.read_bytes()[:3000])
-    with pytest.raises(UserError, match="truncated or not a tar"):
+    with pytest.raises(UserError, match="truncated or not a tar"):  # found while counting, in this process
         make_loader(root, "train", 2, None, train=False)
+    counted = write_dataset(tmp_path / "counted")
+    path = counted / "shards" / shard_name("train", 1)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(UserError, match="damaged|truncated") as e:  # found by a worker while reading
+        list(make_loader(counted, "train", 2, None, train=False, workers=2))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
     (root / "metadata.json").unlink()
     with pytest.raises(UserError, match="not a maskdepth dataset"):
         make_loader(root, "train", 2, None, train=False)

@@ -247,8 +247,10 @@ class ShardStream(IterableDataset):
 
 def _shared_empty(*shape: int) -> torch.Tensor:
     """Uninitialised float32 tensor in shared memory, without the copy that Tensor.share_memory_() makes."""
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0).set_(storage, 0, shape)
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # torch-internal: keep a plain fallback
+    if new_shared is None:
+        return torch.empty(shape).share_memory_()
+    return torch.empty(0).set_(new_shared(math.prod(shape) * 4), 0, shape)
 
 
 def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
