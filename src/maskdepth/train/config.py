@@ -118,7 +118,7 @@ class TrainConfig:
     amp: bool = True            # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
     compile: bool = False       # torch.compile the model
-    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on GPU too; slower)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact resume on the CPU, near on CUDA
     sync_bn: bool = True        # SyncBatchNorm under multi-GPU DDP (CPU DDP keeps per-rank statistics)
     freeze_bn: bool = False     # BatchNorm statistics stay fixed (fine-tuning with small batches)
     max_bad_steps: int = 5      # stop after this many non-finite losses / gradients in a row

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -164,9 +165,12 @@ def train(config: Config, out: str | Path, *, resume: bool = False, force: bool 
     from maskdepth.train import dist as distmod
 
     place = distmod.setup(config.train.device)
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         return _Trainer(config, Path(out), place, resume, force, argv or rundir.command_line(), on_step).run()
     finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # as the caller had it
         distmod.teardown()
 
 
@@ -180,10 +184,13 @@ class _Trainer:
         t = config.train
         cuda = place.device.type == "cuda"
         if t.deterministic:
-            torch.use_deterministic_algorithms(True)
+            # bit-exact on the CPU; on CUDA some kernels (bilinear upsampling's backward) have no
+            # deterministic version, so there they only warn
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=cuda)
         if cuda:
             torch.backends.cudnn.benchmark = not t.deterministic
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")  # TF32 where autocast leaves float32 matmuls
         torch.manual_seed(t.seed)
         self.data = TrainData(config, place)
         self.plan = make_plan(config, self.data.steps_per_epoch)
