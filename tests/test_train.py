@@ -260,6 +260,15 @@ def test_generator_with_progressive_resizing_and_held_out_evaluation(tmp_path):
     assert state["data"]["ranks"][0]["step"] == 4  # the generator's position, for --resume
 
 
+def test_a_time_budget_ends_the_run_with_a_checkpoint_mid_epoch(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(config(dataset, **{"train.epochs": 2, "train.epoch_steps": 4, "train.time_budget_s": 1e-9,
+                             "data.eval_split": "", "train.samples": 0}), run)
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)  # one step always exceeds it
+    assert read_checkpoint(run / "last.safetensors")[1]["step"] == 1
+
+
 def test_fine_tuning_starts_from_a_checkpoint(dataset, tmp_path, capsys):
     source = tmp_path / "source"
     train(config(dataset, **{"train.steps": 1, "data.eval_split": "", "train.samples": 0}), source)
