@@ -304,7 +304,6 @@ def _open(source: Source, name: str):
 
     from maskdepth.fileio import MAX_IMAGE_PIXELS
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     label = source.label(name)
     try:
         data = source.read(name)
@@ -314,7 +313,7 @@ def _open(source: Source, name: str):
         raise _Skip(label, f"cannot be read ({type(e).__name__}: {e})") from None
     try:
         img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_IMAGE_PIXELS:
+        if img.width * img.height > MAX_IMAGE_PIXELS:  # checked on the header, before decoding
             raise _Skip(label, f"{img.width}x{img.height} is over the {MAX_IMAGE_PIXELS:,}-pixel limit")
         img.load()
     except _Skip:

@@ -127,8 +127,9 @@ class ShardStream(IterableDataset):
     """Yields batch dicts for one (rank, worker) consumer at a time; see the module doc."""
 
     def __init__(self, ds: DatasetDir, split: str, batch_size: int, size: tuple[int, int], *,
-                 augment: AugmentConfig | None, capture: CaptureConfig | None, workers: int, seed: int, epoch: int, shuffle: bool,
-                 drop_last: bool, rank: int, world: int, skip_batches: int, equalise: bool):
+                 augment: AugmentConfig | None, capture: CaptureConfig | None, workers: int, seed: int,
+                 epoch: int, shuffle: bool, drop_last: bool, rank: int, world: int, skip_batches: int,
+                 equalise: bool):
         self.root, self.split = ds.root, split
         self.paths = [str(p) for p in ds.shards(split)]
         self.counts = shard_counts(ds, split)
@@ -310,9 +311,9 @@ class ShardLoader:
 
 
 def make_loader(data_dir: str | os.PathLike, split: str, batch_size: int, size: int | tuple[int, int] | None,
-                *, train: bool, augment: AugmentConfig | None = None, capture: CaptureConfig | None = None, workers: int = 2,
-                seed: int = 0, epoch: int = 0, skip_batches: int = 0, drop_last: bool | None = None,
-                pin_memory: bool = False) -> ShardLoader:
+                *, train: bool, augment: AugmentConfig | None = None, capture: CaptureConfig | None = None,
+                workers: int = 2, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
+                drop_last: bool | None = None, pin_memory: bool = False) -> ShardLoader:
     """Batch dicts (docs/ARCHITECTURE.md) of one split of the dataset folder `data_dir`, at `size` (int, (H, W), or
     None for the dataset's own size).
 
