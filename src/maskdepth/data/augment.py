@@ -19,6 +19,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,8 +111,8 @@ def sampling_grid(d: Draw, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> t
 def _nearest_index(start: int, length: int, out: int, flip: bool = False) -> torch.Tensor:
     """Source indices of F.interpolate(mode='nearest-exact') for a crop [start, start+length) -> out pixels.
     (Cached and shared: callers must not modify the result.)"""
-    idx = [min(length - 1, math.floor((j + 0.5) * length / out)) + start for j in range(out)]
-    return torch.tensor(idx[::-1] if flip else idx)
+    idx = np.minimum(np.floor((np.arange(out) + 0.5) * (length / out)), length - 1).astype(np.int64) + start
+    return torch.from_numpy(np.ascontiguousarray(idx[::-1]) if flip else idx)
 
 
 def _smooth(x: torch.Tensor, d: Draw, out_hw: tuple[int, int]) -> torch.Tensor:
