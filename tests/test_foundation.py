@@ -124,3 +124,28 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "nope" in r.stderr
+
+
+def test_shard_cut_between_members_is_reported(tmp_path):
+    good = tmp_path / "good.tar"
+    shards.write_shard(good, _samples(2))
+    data = good.read_bytes()
+    # cut right after the first sample's last member: tar's stream reader would stop silently there
+    with tarfile.open(good) as t:
+        members = t.getmembers()
+    cut_at = members[4].offset
+    (tmp_path / "cut.tar").write_bytes(data[:cut_at])
+    with pytest.raises(UserError, match="cut.tar: truncated"):
+        list(shards.iter_shard(tmp_path / "cut.tar"))
+
+
+def test_shard_reader_reads_tarfile_written_archives_with_long_names(tmp_path):
+    p = tmp_path / "long.tar"
+    key = "k" * 120
+    with tarfile.open(p, "w", format=tarfile.GNU_FORMAT) as t:
+        for ext in shards.SAMPLE_MEMBERS:
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"abc"))
+    [(k, sample)] = list(shards.iter_shard(p))
+    assert k == key and sample["json"] == b"abc"

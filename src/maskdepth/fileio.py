@@ -78,13 +78,19 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
 
 
 def open_image(path: str | os.PathLike):
-    """Open an image with Pillow, refusing unreadable files and decompression bombs with one clear line."""
+    """Open an image with Pillow, refusing unreadable files and decompression bombs with one clear line.
+
+    The size is checked on the header before any pixel is decoded; Pillow's process-wide limit is left alone.
+    """
+    import warnings
+
     from PIL import Image
 
     path = require_file(path, "image")
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise UserError(
                 f"{path}: image is {img.width}x{img.height}, larger than the {MAX_IMAGE_PIXELS:,}-pixel limit; "

@@ -68,45 +68,88 @@ def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, Sample]]) 
 def iter_shard(path: str | os.PathLike, required: Iterable[str] = SAMPLE_MEMBERS) -> Iterator[tuple[str, Sample]]:
     """Stream (key, {ext: bytes}) samples from a tar shard; members of a sample are consecutive.
 
-    A truncated file, a file that is not a tar, or a sample missing a required member raises UserError naming the
-    shard and what to do.
+    The file is read whole (a shard is tens of MB) and its 512-byte headers parsed directly: about ten times
+    faster than tarfile's stream reader, and every header's checksum and the end-of-archive blocks are checked,
+    so a file cut anywhere, even between two members, is reported. A truncated file, a file that is not a tar,
+    or a sample missing a required member raises UserError naming the shard and what to do.
     """
     path = Path(path)
     required = tuple(required)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: shard not found; the dataset is incomplete: rerun the command that "
+                        "made it") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read shard ({e}); check the file") from None
+
+    def broken(why: str) -> UserError:
+        return UserError(f"{path}: truncated or not a tar shard ({why}); delete it and rerun the command that "
+                         "made the dataset (complete shards are kept)")
+
     key: str | None = None
     sample: Sample = {}
-
-    def finish() -> tuple[str, Sample]:
-        missing = [e for e in required if e not in sample]
-        if missing:
-            raise UserError(f"{path}: sample '{key}' lacks {', '.join(missing)}; this is not a maskdepth shard "
-                            "(or it is damaged): delete it and rebuild the dataset")
-        return key, sample  # type: ignore[return-value]
-
-    try:
-        with tarfile.open(path, "r|") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base = os.path.basename(info.name)
-                k, dot, ext = base.partition(".")
-                if not dot:
-                    raise UserError(f"{path}: member '{info.name}' has no extension; this is not a maskdepth "
-                                    "shard: remove it from the dataset's shards/ folder")
-                if k != key:
-                    if key is not None:
-                        yield finish()
-                    key, sample = k, {}
-                f = tar.extractfile(info)
-                sample[ext] = f.read() if f is not None else b""
+    long_name: str | None = None
+    off, n = 0, len(data)
+    while True:
+        if off + BLOCK > n:
+            raise broken("ends without the end-of-archive blocks")
+        header = data[off:off + BLOCK]
+        if header == ZERO_BLOCK:
+            break
+        if _checksum(header) != _octal(header[148:156]):
+            raise broken(f"bad header checksum at byte {off}")
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        start = off + BLOCK
+        off = start + -(-size // BLOCK) * BLOCK
+        if start + size > n:
+            raise broken("a member is cut short")
+        if kind == b"L":  # GNU long name: the next member's name
+            long_name = data[start:start + size].rstrip(b"\0").decode("utf-8", "replace")
+            continue
+        if kind not in (b"0", b"\0", b"7"):
+            long_name = None
+            continue  # folders, links, pax headers: not sample members
+        name = long_name or header[:100].rstrip(b"\0").decode("utf-8", "replace")
+        long_name = None
+        base = os.path.basename(name)
+        k, dot, ext = base.partition(".")
+        if not dot:
+            raise UserError(f"{path}: member '{name}' has no extension; this is not a maskdepth "
+                            "shard: remove it from the dataset's shards/ folder")
+        if k != key:
             if key is not None:
-                yield finish()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise UserError(f"{path}: shard not found; the dataset is incomplete: rerun the command that "
-                            "made it") from None
-        raise UserError(f"{path}: truncated or not a tar shard ({e}); delete it and rerun the command that made "
-                        "the dataset (complete shards are kept)") from None
+                yield _complete(path, key, sample, required)
+            key, sample = k, {}
+        sample[ext] = data[start:start + size]
+    if key is not None:
+        yield _complete(path, key, sample, required)
+
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+
+
+def _octal(field: bytes) -> int:
+    text = field.rstrip(b"\0 ").strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return -1
+
+
+def _checksum(header: bytes) -> int:
+    # the checksum field itself counts as eight spaces
+    return sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def _complete(path: Path, key: str, sample: Sample, required: tuple[str, ...]) -> tuple[str, Sample]:
+    missing = [e for e in required if e not in sample]
+    if missing:
+        raise UserError(f"{path}: sample '{key}' lacks {', '.join(missing)}; this is not a maskdepth shard "
+                        "(or it is damaged): delete it and rebuild the dataset")
+    return key, sample
 
 
 def write_metadata(root: str | os.PathLike, meta: dict[str, Any]) -> None:
