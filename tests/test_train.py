@@ -116,10 +116,10 @@ def test_plan_resizes_progressively_and_schedules_span_it():
 
 def test_loss_falls_and_the_run_folder_holds_everything(dataset, tmp_path):
     run = tmp_path / "run"
-    last = train(config(dataset, **{"train.epochs": 3, "train.epoch_steps": 10, "optim.lr": 3e-3}), run)
+    last = train(config(dataset, **{"train.epochs": 3, "train.epoch_steps": 8, "optim.lr": 3e-3}), run)
     train_logs = [r for r in read_metrics(run) if r["split"] == "train"]
     losses = [r["loss"]["total"] for r in train_logs]
-    assert len(losses) == 30
+    assert len(losses) == 24
     first, final = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert final < 0.85 * first, (first, final)
     assert all(r["samples_per_s"] > 0 and r["lr"] > 0 for r in train_logs)
@@ -127,7 +127,7 @@ def test_loss_falls_and_the_run_folder_holds_everything(dataset, tmp_path):
     assert [r["epoch"] for r in evals] == [1, 2, 3] and evals[-1] == json.loads(json.dumps(last))
     assert evals[-1]["samples"] == 24 and 0 <= evals[-1]["metrics"]["mask_iou"] <= 1
     # the run folder: reusable config, the command, versions, TensorBoard, sample grids, checkpoints
-    assert load_config(run / "config.toml") == config(dataset, **{"train.epochs": 3, "train.epoch_steps": 10,
+    assert load_config(run / "config.toml") == config(dataset, **{"train.epochs": 3, "train.epoch_steps": 8,
                                                                     "optim.lr": 3e-3})
     info = json.loads((run / "run.json").read_text())
     assert info["versions"]["torch"] == torch.__version__ and info["params"] > 0
@@ -138,14 +138,14 @@ def test_loss_falls_and_the_run_folder_holds_everything(dataset, tmp_path):
         assert header["depth"]["unit"] == "metres" and header["train_size"] == [SIZE, SIZE]
         assert header["model"] == "maskdepth-small" and model.depth_max == header["depth"]["max"]
         assert "mask_iou" in header["metrics"]
-    assert read_checkpoint(run / "last.safetensors")[1]["step"] == 30
+    assert read_checkpoint(run / "last.safetensors")[1]["step"] == 24
     assert cli(["plot", str(run)]) == 0 and (run / "curves.png").stat().st_size > 1000
 
 
 def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tmp_path):
-    """A crash at step 10 (last state saved at step 8, mid-epoch 2) and --resume: same weights, bit for bit.
+    """A crash at step 8 (last state saved at step 6, mid-epoch 2) and --resume: same weights, bit for bit.
     Deterministic mode, one loader worker process, augmentation and capture jitter on."""
-    overrides = {"train.epochs": 2, "train.epoch_steps": 6, "train.checkpoint_every": 4, "train.deterministic": True,
+    overrides = {"train.epochs": 2, "train.epoch_steps": 5, "train.checkpoint_every": 3, "train.deterministic": True,
                  "data.workers": 1, "optim.name": "sgd", "schedule.name": "onecycle", "train.samples": 0}
     whole = tmp_path / "whole"
     train(config(dataset, **overrides), whole)
@@ -153,20 +153,20 @@ def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tm
     class Crash(Exception):
         pass
 
-    def crash_at_10(step: int) -> None:
-        if step == 10:
+    def crash_at_8(step: int) -> None:
+        if step == 8:
             raise Crash
 
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
-        train(config(dataset, **overrides), broken, on_step=crash_at_10)
+        train(config(dataset, **overrides), broken, on_step=crash_at_8)
     state = torch.load(broken / "state.pt", weights_only=True)
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 1)
     assert cli(["train", "--resume", str(broken)]) == 0
     a, b = weights(whole), weights(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logged = [r["step"] for r in read_metrics(broken) if r["split"] == "train"]
-    assert logged == list(range(1, 13))  # the crashed steps 9-10 were logged once, by the resumed run
+    assert logged == list(range(1, 11))  # the crashed steps 7-8 were logged once, by the resumed run
 
 
 def test_two_process_ddp_equals_one_process_on_the_same_global_batches(dataset, tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batches(dataset, 
     SyncBatchNorm, which the loop uses on GPUs, has no CPU implementation. Evaluation runs under DDP too: each
     rank scores its part of the test split and the metrics are all-reduced, so they must equal one process
     scoring all of it."""
-    sets = {"train.epochs": 1, "train.epoch_steps": 5, "train.freeze_bn": True, "train.samples": 0}
+    sets = {"train.epochs": 1, "train.epoch_steps": 4, "train.freeze_bn": True, "train.samples": 0}
     ddp = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "maskdepth", "train", "--data", str(dataset), "--out", str(ddp)]

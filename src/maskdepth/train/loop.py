@@ -287,8 +287,9 @@ class _Trainer:
                 terms = self._train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
-                self.train_time += time.perf_counter() - t0
-                logged.add(terms, gbs)
+                seconds = time.perf_counter() - t0
+                self.train_time += seconds
+                logged.add(terms, gbs, seconds)
                 progress.update(gbs, loss=terms.get("total", math.nan), lr=self._lr())
                 if self.step % t.log_every == 0:
                     self._log_train(logged)
@@ -348,7 +349,7 @@ class _Trainer:
 
     def _log_train(self, window: _Window) -> None:
         losses = all_mean(window.means(), self.place)
-        rate = window.samples / max(window.seconds(), 1e-9)
+        rate = window.samples / max(window.seconds, 1e-9)
         if self.place.main:
             record = {"split": "train", "step": self.step, "epoch": self.epoch + 1, "loss": losses,
                       "lr": self._lr(), "samples_per_s": rate, "size": self.plan.sizes[self.epoch]}
@@ -488,7 +489,7 @@ class _Trainer:
 
 
 class _Window:
-    """Loss terms and sample count since the last train log."""
+    """Loss terms, samples and training seconds (data wait included, evaluation not) since the last log."""
 
     def __init__(self):
         self.reset()
@@ -497,17 +498,15 @@ class _Window:
         self.sums: dict[str, float] = {}
         self.count = 0
         self.samples = 0
-        self.start = time.perf_counter()
+        self.seconds = 0.0
 
-    def add(self, terms: dict[str, float], samples: int) -> None:
+    def add(self, terms: dict[str, float], samples: int, seconds: float) -> None:
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.count += 1
         self.samples += samples
+        self.seconds += seconds
 
     def means(self) -> dict[str, float]:
         return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
 
