@@ -76,6 +76,7 @@ def make_scheduler(config: Config, optimizer: torch.optim.Optimizer, plan: Plan)
     """Stepped once per training step. onecycle is torch's OneCycleLR; the others are one LambdaLR factor."""
     s = config.schedule
     if s.name == "onecycle":
+        # one more than the steps: the step after the last one would otherwise be past its end
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.optim.lr, total_steps=plan.total + 1,
                                                    pct_start=s.pct_start)
 
@@ -121,6 +122,8 @@ def build_model(config: Config, depth_max: float) -> tuple[nn.Module, str]:
 
     path = _default_weights() if init == "default" else Path(init)
     state, header = read_checkpoint(path)
+    if "model" not in header:
+        raise UserError(f"{path}: header names no model; it was not written by maskdepth")
     model = create_model(header["model"], **{**header.get("model_kwargs", {}), **config.model.kwargs,
                                              "depth_max": depth_max})
     try:
@@ -141,11 +144,6 @@ def _default_weights() -> Path:
         raise UserError(f"maskdepth/{DEFAULT_WEIGHTS}: no default weights in this installation; give --init a "
                         "checkpoint path instead")
     return path
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
 
 
 def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
