@@ -163,12 +163,21 @@ def train(config: Config, out: str | Path, *, resume: bool = False, force: bool 
     from maskdepth.train import dist as distmod
 
     place = distmod.setup(config.train.device)
+    # process-wide settings the run changes, given back to the caller afterwards
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
+    threads = torch.get_num_threads()
     try:
+        if place.device.type == "cpu" and config.data.workers > 0 and not config.data.generator:
+            # leave the loader workers their cores: idle compute threads spin-wait, and with the workers
+            # fighting them for the same cores a step can take several times as long
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            free = cores - config.data.workers
+            torch.set_num_threads(max(1, min(threads, free)))
         return _Trainer(config, Path(out), place, resume, force, argv or rundir.command_line(), on_step).run()
     finally:
-        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # as the caller had it
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.set_num_threads(threads)
         distmod.teardown()
 
 
