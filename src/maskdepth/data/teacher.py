@@ -81,6 +81,43 @@ class TeacherSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+# the `maskdepth data make` flag of each setting
+FLAGS = {"input_size": "--teacher-size", "input_range": "--teacher-input", "mean": "--teacher-mean",
+         "std": "--teacher-std", "output": "--teacher-output", "unit": "--teacher-unit", "scale": "--teacher-scale",
+         "batch_size": "--teacher-batch"}
+
+_EXAMPLES = {"input_size": "256x256", "mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225", "scale": "10",
+             "batch_size": "8"}
+
+
+def parse_flag(key: str, text: str) -> Any:
+    """A setting's value from its flag's text: HxW (or one side) for input_size, R,G,B for mean and std."""
+    try:
+        if key == "input_size":
+            hw = [int(x) for x in text.lower().split("x")]
+            return hw * 2 if len(hw) == 1 else hw
+        if key in ("mean", "std"):
+            return [float(x) for x in text.split(",")]
+        if key == "scale":
+            return float(text)
+        if key == "batch_size":
+            return int(text)
+    except ValueError:
+        raise UserError(f"{FLAGS[key]} {text}: not a valid value, e.g. {FLAGS[key]} {_EXAMPLES[key]}") from None
+    return text
+
+
+def format_flag(key: str, value: Any) -> str:
+    """`--teacher-... VALUE` for a setting (the inverse of parse_flag), for a dataset's recorded command."""
+    if key == "input_size":
+        text = f"{value[0]}x{value[1]}"
+    elif key in ("mean", "std"):
+        text = ",".join(f"{float(v):g}" for v in value)
+    else:
+        text = str(value)
+    return f"{FLAGS[key]} {text}"
+
+
 def settings_file(model_path: str | os.PathLike) -> Path:
     """The JSON beside a model that describes it: `midas.onnx` -> `midas.json`."""
     return Path(model_path).with_suffix(".json")
