@@ -10,22 +10,31 @@ import pytest
 import torch
 from torch import nn
 
-from maskdepth.data.teacher import MIN_RELATIVE, DepthTeacher, TeacherSettings, load_settings
+from maskdepth.data.teacher import (
+    FLAGS,
+    MIN_RELATIVE,
+    DepthTeacher,
+    TeacherSettings,
+    format_flag,
+    load_settings,
+    parse_flag,
+)
 from maskdepth.errors import UserError
 
 
 class TinyDepth(nn.Module):
-    """A few convolutions with a positive output, like a small monocular depth network."""
+    """A small monocular depth network: a few convolutions modulating a floor-like disparity that grows down the
+    picture (so composites made with it have a floor to stand on and objects in front of it)."""
 
     def __init__(self, out_channels: int = 1):
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                                  nn.ReLU(), nn.Conv2d(8, out_channels, 3, padding=1))
 
     def forward(self, x):
-        y = nn.functional.softplus(self.net(x)) + 0.1
-        return nn.functional.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        rows = torch.cumsum(torch.ones_like(x[:, :1]), dim=2)  # 1..H, from the input's own size
+        return rows * (1.0 + 0.1 * torch.tanh(self.net(x)))
 
 
 class Constant(nn.Module):
@@ -144,6 +153,16 @@ def test_settings_from_json_beside_model(models, tmp_path):
         load_settings(path)
 
 
+def test_flags_round_trip():
+    for key, value in [("input_size", [24, 32]), ("mean", [0.5, 0.5, 0.5]), ("scale", 10.0), ("batch_size", 4),
+                       ("output", "disparity")]:
+        flag, text = format_flag(key, value).split(" ")
+        assert flag == FLAGS[key] and parse_flag(key, text) == value
+    assert parse_flag("input_size", "256") == [256, 256]
+    with pytest.raises(UserError, match="--teacher-mean 1,x: not a valid value"):
+        parse_flag("mean", "1,x")
+
+
 def test_static_input_size_from_onnx(tmp_path):
     path = export_onnx(TinyDepth(), tmp_path / "static.onnx", size=(32, 32), dynamic=False)
     teacher = DepthTeacher.from_path(path)
@@ -177,3 +196,111 @@ def test_wrong_output_shape_and_failing_input(tmp_path):
     fixed = export_torchscript(Fixed(), tmp_path / "fixed.pt")
     with pytest.raises(UserError, match=r"fixed.pt: the model failed on an input of shape \[1, 3, 40, 56\]"):
         DepthTeacher.from_path(fixed).predict(photos(1))
+
+
+# ------------------------------------------------------------------------------------------------ data make
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A few procedural rooms saved as JPEG photos and procedural cutouts saved as RGBA PNGs."""
+    from PIL import Image
+
+    from maskdepth.data.banks import procedural_background, procedural_foreground
+
+    d = tmp_path_factory.mktemp("pictures")
+    (d / "photos").mkdir()
+    (d / "cutouts").mkdir()
+    for i in range(3):
+        Image.fromarray(procedural_background(3, i, (72, 96)).image).save(d / "photos" / f"room{i}.jpg", quality=90)
+    for i in range(2):
+        Image.fromarray(procedural_foreground(3, i, 48).rgba, "RGBA").save(d / "cutouts" / f"thing{i}.png")
+    return d
+
+
+def make(pictures, out, teacher, mode, cache):
+    from maskdepth.data.make import MakeConfig, make_dataset
+
+    cfg = MakeConfig(size=(48, 48), per_pair=1, shard_size=8, test_fraction=0.3, bg_dir=str(pictures / "photos"),
+                     fg_dir=str(pictures / "cutouts"), teacher=str(teacher), teacher_mode=mode,
+                     teacher_settings={"output": "disparity"})
+    return make_dataset(out, cfg, workers=1, progress=False, teacher_cache=cache)
+
+
+def read_samples(root):
+    from maskdepth.codecs import decode_depth_png, decode_gray
+    from maskdepth.data.shards import DatasetDir, iter_shard
+
+    ds = DatasetDir(root)
+    for split in ("train", "test"):
+        for shard in ds.shards(split):
+            for _, s in iter_shard(shard):
+                yield json.loads(s["json"]), decode_gray(s["mask.png"]), decode_depth_png(s["depth.png"])
+
+
+@pytest.mark.parametrize("kind,mode", [("onnx", "per-background"), ("torchscript", "per-background"),
+                                       ("onnx", "per-composite"), ("torchscript", "per-composite")])
+def test_make_with_teacher(pictures, models, tmp_path, kind, mode):
+    from maskdepth.codecs import decode_depth_png, decode_rgb, encode_depth_png
+    from maskdepth.data.shards import background_files, read_metadata, shard_name
+
+    first = make(pictures, tmp_path / "a", models[kind], mode, cache=tmp_path / "cache")
+    meta = read_metadata(tmp_path / "a")
+    n = meta["counts"]["train"] + meta["counts"]["test"]
+    assert n == 3 * 2 * 2 and meta["depth"] == {"unit": "relative", "scale": 1 / 65535, "max": 1.0}
+    assert meta["teacher"]["mode"] == mode and meta["teacher"]["fingerprint"]
+    assert first["teacher_computed"] == 3 + (n if mode == "per-composite" else 0)
+
+    # backgrounds: the teacher's depth of the stored photo, quantised like every depth map
+    teacher = DepthTeacher.from_path(models[kind], threads=1, output="disparity")
+    bg_raw = {}
+    for b in range(3):
+        rgb_p, depth_p, _ = background_files(tmp_path / "a", b)
+        bg_raw[b] = decode_depth_png(depth_p.read_bytes())
+        (expect,) = teacher.predict([decode_rgb(rgb_p.read_bytes())])
+        assert encode_depth_png(expect, meta["depth"]["scale"]) == depth_p.read_bytes()
+
+    for info, mask, depth in read_samples(tmp_path / "a"):
+        assert mask.shape == depth.shape == (48, 48)
+        if mode == "per-background":  # the composition rule on the teacher's depth, exactly
+            bg = bg_raw[info["bg"]]
+            np.testing.assert_array_equal(depth[mask == 0], bg[mask == 0])
+            assert (depth[mask >= 128] <= bg[mask >= 128]).all() and (mask > 0).any()
+        else:  # the teacher's own map of each composite, normalised to max 1
+            assert depth.max() == 65535 and depth.min() >= round(MIN_RELATIVE * 65535)
+
+    # the same dataset again, elsewhere, with the same cache: the teacher computes nothing, the bytes agree
+    again = make(pictures, tmp_path / "b", models[kind], mode, cache=tmp_path / "cache")
+    assert again["teacher_computed"] == 0
+    for split in ("train", "test"):
+        for j in range(len(meta["shards"][split])):
+            name = shard_name(split, j)
+            assert (tmp_path / "a/shards" / name).read_bytes() == (tmp_path / "b/shards" / name).read_bytes()
+
+
+def test_make_cli_teacher_flags_and_bad_model(pictures, models, tmp_path, capsys):
+    from maskdepth.cli import main
+    from maskdepth.data.shards import read_metadata
+
+    base = ["data", "make", "--bg-dir", str(pictures / "photos"), "--fg-dir", str(pictures / "cutouts"),
+            "--size", "48", "--per-pair", "1", "--workers", "1", "--quiet"]
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("this is not a network")
+    assert main([*base, str(tmp_path / "x"), "--depth-teacher", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.onnx: not a usable ONNX model" in err
+    assert not (tmp_path / "x" / "metadata.json").exists() and not list((tmp_path / "x").glob("shards/*"))
+
+    assert main([*base, str(tmp_path / "y"), "--teacher-size", "32x32"]) == 2
+    assert "--depth-teacher" in capsys.readouterr().err
+
+    assert main([*base, str(tmp_path / "z"), "--depth-teacher", str(models["onnx"]), "--teacher-size", "32x32",
+                 "--teacher-unit", "metres", "--teacher-output", "disparity", "--teacher-scale", "2",
+                 "--fit", "letterbox", "--fg-scale", "0.2:0.7"]) == 0
+    meta = read_metadata(tmp_path / "z")
+    assert meta["depth"]["unit"] == "metres" and meta["teacher"]["input_size"] == [32, 32]
+    assert meta["compose"]["min_height"] == 0.2 and meta["photos"]["fit"] == "letterbox"
+    assert "--teacher-size 32x32" in meta["command"] and "--fg-scale 0.2:0.7" in meta["command"]
+    assert (tmp_path / "z" / "teacher-cache").is_dir()
+    for _, _, depth in read_samples(tmp_path / "z"):
+        assert depth.max() > 0  # metric depth in millimetres from the teacher

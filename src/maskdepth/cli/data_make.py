@@ -33,8 +33,8 @@ def register(dsub) -> None:
     p.add_argument("--per-pair", type=int, metavar="N",
                    help="placements of each (background, foreground id) pair (default 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bg-dir", metavar="DIR", help="your background photos instead of rooms (centre-cropped and "
-                                                  "resized to --size; depth unknown)")
+    p.add_argument("--bg-dir", metavar="DIR", help="your background photos instead of rooms (fitted to --size by "
+                                                  "--fit; depth unknown unless --depth-teacher gives it)")
     p.add_argument("--fg-dir", metavar="DIR", help="your RGBA PNG cutouts instead of procedural ones")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
@@ -46,7 +46,53 @@ def register(dsub) -> None:
                    help=f"processes (default: the cores here, {_cores()})")
     p.add_argument("--force", action="store_true", help="replace the contents of OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_photo_arguments(p)
     p.set_defaults(func=_make)
+
+
+def _add_photo_arguments(p) -> None:
+    g = p.add_argument_group("your photos and a depth teacher", "see docs/your-own-data.md")
+    g.add_argument("--fit", choices=["crop", "letterbox"], default="crop",
+                   help="photos to --size: centre crop (default) or letterbox (black bars, never floor)")
+    g.add_argument("--horizon", type=float, default=0.45, metavar="F",
+                   help="photos: the floor is below this fraction of the height (default 0.45)")
+    g.add_argument("--fg-scale", metavar="A:B",
+                   help="object height between A and B of the image height (default 0.08:0.9); within it, "
+                        "perspective decides")
+    g.add_argument("--depth-teacher", metavar="MODEL",
+                   help="monocular depth network giving the photos depth: an ONNX file, or a TorchScript file "
+                        "(TorchScript is code: loading it runs it, so give only a file you trust). Settings from "
+                        "MODEL.json beside it and the --teacher-* flags")
+    g.add_argument("--teacher-mode", choices=["per-background", "per-composite"], default="per-background",
+                   help="per-background (default): the teacher sees each photo once and composite depth follows "
+                        "the composition rule; per-composite: it sees every composite (the seeds' way)")
+    g.add_argument("--teacher-size", metavar="HxW", help="the network's input size (default: the picture's)")
+    g.add_argument("--teacher-input", choices=["0-1", "0-255"], help="pixel range before mean/std (default 0-1)")
+    g.add_argument("--teacher-mean", metavar="R,G,B", help="normalisation mean (default ImageNet's)")
+    g.add_argument("--teacher-std", metavar="R,G,B", help="normalisation std (default ImageNet's)")
+    g.add_argument("--teacher-output", choices=["depth", "disparity"], help="what the network returns (default "
+                                                                            "depth)")
+    g.add_argument("--teacher-unit", choices=["metres", "relative"], help="metric, or depth up to scale (default "
+                                                                          "relative)")
+    g.add_argument("--teacher-scale", metavar="S", help="metric: metres = S x output, or S / output for "
+                                                        "disparity (default 1)")
+    g.add_argument("--teacher-batch", metavar="N", help="pictures per network call (default 8)")
+    g.add_argument("--teacher-cache", metavar="DIR", help="cache of teacher results (default OUT/teacher-cache)")
+    g.add_argument("--teacher-device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the teacher runs (cuda: ONNX needs onnxruntime-gpu)")
+
+
+def _teacher_settings(args) -> dict:
+    """TeacherSettings fields given by --teacher-* flags."""
+    from maskdepth.data.teacher import FLAGS, parse_flag
+    from maskdepth.errors import UserError
+
+    values = {key: getattr(args, flag[2:].replace("-", "_")) for key, flag in FLAGS.items()}
+    given = {key: parse_flag(key, text) for key, text in values.items() if text is not None}
+    if given and not args.depth_teacher:
+        raise UserError(f"{FLAGS[next(iter(given))]} describes a depth teacher; give the model with "
+                        "--depth-teacher")
+    return given
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -80,13 +126,25 @@ def _make(args) -> int:
                         "foregrounds: give one or the other")
     options = dict(PRESETS[args.preset]) if args.preset else {}
     options.update({k: v for k, v in given.items() if v is not None})
+    if args.fg_scale:
+        from maskdepth.data.compose import ComposeConfig
+        from maskdepth.data.photos import parse_fraction_range
+
+        lo, hi = parse_fraction_range(args.fg_scale)
+        options["compose"] = ComposeConfig(min_height=lo, max_height=hi)
     cfg = MakeConfig(seed=args.seed, shard_size=args.shard_size, test_fraction=args.test_fraction,
-                     bg_dir=args.bg_dir, fg_dir=args.fg_dir, **options)
+                     bg_dir=args.bg_dir, fg_dir=args.fg_dir, fit=args.fit, horizon=args.horizon,
+                     teacher=args.depth_teacher, teacher_mode=args.teacher_mode,
+                     teacher_settings=_teacher_settings(args), **options)
     summary = make_dataset(args.out, cfg, shards=args.shards, workers=args.workers, force=args.force,
-                           progress=not args.quiet)
+                           progress=not args.quiet, teacher_cache=args.teacher_cache,
+                           teacher_device=args.teacher_device)
     counts = summary["metadata"]["counts"]
     print(f"{args.out}: {summary['shards_written']} shard(s), {summary['samples_written']} samples written; "
           f"{summary['shards_complete_before']} already complete; shards {summary['shards_in_range']} of "
           f"{summary['total_shards']} in range; dataset: {counts['train']} train + {counts['test']} test samples",
           file=sys.stderr)
+    if cfg.teacher:
+        print(f"depth teacher ({cfg.teacher_mode}): {summary['teacher_computed']} picture(s) computed, the rest "
+              "from its cache", file=sys.stderr)
     return 0

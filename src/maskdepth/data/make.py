@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -32,6 +33,7 @@ import torch
 
 from maskdepth.data.banks import (
     CUTOUT_SIZE,
+    NOMINAL_HORIZON,
     STREAM_ORDER,
     STREAM_SHARD,
     STREAM_SPLIT,
@@ -47,6 +49,9 @@ from maskdepth.errors import UserError
 
 GENERATOR_NAME = "maskdepth.data.make"
 DEPTH_SCALE = 0.001  # depth PNGs in millimetres
+RELATIVE_DEPTH_SCALE = 1 / 65535  # relative depth (a teacher's, in (0, 1]) uses the whole 16-bit range
+TEACHER_MODES = ("per-background", "per-composite")
+TEACHER_CACHE = "teacher-cache"  # default cache folder of teacher results inside the dataset folder
 JPEG_QUALITY = 92
 CHUNK = 64  # samples composited together on the CPU
 SPLITS = ("train", "test")
@@ -70,6 +75,11 @@ class MakeConfig:
     bg_dir: str | None = None  # the user's background photos instead of procedural rooms
     fg_dir: str | None = None  # the user's RGBA cutouts instead of procedural ones
     compose: ComposeConfig = field(default_factory=ComposeConfig)
+    fit: str = "crop"  # photos: "crop" or "letterbox" to the size (data/photos.py)
+    horizon: float = NOMINAL_HORIZON  # photos: the floor lies below this fraction of the height
+    teacher: str | None = None  # depth teacher model for the photos (data/teacher.py)
+    teacher_mode: str = "per-background"  # or "per-composite": the teacher sees every composite
+    teacher_settings: dict[str, Any] = field(default_factory=dict)  # TeacherSettings fields set by flags
 
     def check(self) -> None:
         h, w = self.size
@@ -80,6 +90,14 @@ class MakeConfig:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if not 0 <= self.test_fraction < 1:
             raise UserError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
+        if not 0 <= self.horizon < 0.9:
+            raise UserError(f"--horizon {self.horizon}: give the fraction of the height where the floor starts, "
+                            "in [0, 0.9)")
+        if self.teacher and not self.bg_dir:
+            raise UserError("--depth-teacher gives depth to your photos (--bg-dir); procedural rooms have exact "
+                            "depth already")
+        if self.teacher_mode not in TEACHER_MODES:
+            raise UserError(f"--teacher-mode {self.teacher_mode}: use one of {', '.join(TEACHER_MODES)}")
 
 
 def command_line(cfg: MakeConfig) -> str:
@@ -90,6 +108,16 @@ def command_line(cfg: MakeConfig) -> str:
     parts += [f"--fg-dir {cfg.fg_dir}"] if cfg.fg_dir else [f"--foregrounds {cfg.foregrounds}"]
     parts += [f"--per-pair {cfg.per_pair}", f"--seed {cfg.seed}", f"--shard-size {cfg.shard_size}",
               f"--test-fraction {cfg.test_fraction}"]
+    if cfg.bg_dir:
+        parts += [f"--fit {cfg.fit}", f"--horizon {cfg.horizon}"]
+    default = ComposeConfig()
+    if (cfg.compose.min_height, cfg.compose.max_height) != (default.min_height, default.max_height):
+        parts += [f"--fg-scale {cfg.compose.min_height}:{cfg.compose.max_height}"]
+    if cfg.teacher:
+        from maskdepth.data.teacher import format_flag
+
+        parts += [f"--depth-teacher {cfg.teacher}", f"--teacher-mode {cfg.teacher_mode}"]
+        parts += [format_flag(k, v) for k, v in sorted(cfg.teacher_settings.items())]
     return " ".join(parts)
 
 
@@ -106,6 +134,10 @@ class Plan:
     n_cutouts: int
     split_backgrounds: dict[str, tuple[int, ...]]  # split -> background ids
     digest: str = ""  # of the metadata: a worker's banks are reused only for the same dataset
+    depth_scale: float = DEPTH_SCALE  # of the depth PNGs
+    depth_max: float = 0.0  # the dataset's depth bound (teacher depth of composites is clipped to it)
+    teacher_cache: str | None = None  # per-composite mode: where workers cache teacher results
+    teacher_device: str = "cpu"
 
     def split_samples(self, split: str) -> int:
         return len(self.split_backgrounds[split]) * self.n_cutouts * 2 * self.cfg.per_pair
@@ -221,6 +253,32 @@ def render_samples(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: 
             yield i, full_image, full_mask, full_depth
 
 
+_TEACHER: dict[tuple[str, str], Any] = {}
+
+
+def _teacher(plan: Plan):
+    """The depth teacher of a per-composite make, loaded once per process (one thread: same bits everywhere)."""
+    from maskdepth.data.teacher import DepthTeacher
+
+    key = (plan.root, plan.digest)
+    if key not in _TEACHER:
+        _TEACHER.clear()
+        _TEACHER[key] = DepthTeacher.from_path(plan.cfg.teacher, device=plan.teacher_device, threads=1,
+                                               cache_dir=plan.teacher_cache, **plan.cfg.teacher_settings)
+    return _TEACHER[key]
+
+
+def teacher_depths(teacher, samples: Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]], depth_max: float
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-composite mode: each sample's depth becomes the teacher's depth of its composite (bounded by the
+    dataset's depth_max), in batches of the teacher's size."""
+    samples = iter(samples)
+    while batch := list(itertools.islice(samples, teacher.batch_size)):
+        depths = teacher.predict([image for _, image, _, _ in batch])
+        for (i, image, mask, _), d in zip(batch, depths):
+            yield i, image, mask, np.minimum(d, depth_max)
+
+
 def build_shard(plan: Plan, index: int) -> int:
     """Write global shard `index` (atomically). Returns its sample count."""
     from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
@@ -237,7 +295,10 @@ def build_shard(plan: Plan, index: int) -> int:
     scale, depth_c, shadow = p.scale.numpy(), p.contact_depth.numpy(), p.shadow.numpy()
     known = p.depth_known.numpy()
     encoded: list[tuple[str, dict[str, bytes]] | None] = [None] * len(k)
-    for i, image, mask, depth in render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth):
+    samples = render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
+    if plan.cfg.teacher and plan.cfg.teacher_mode == "per-composite":
+        samples = teacher_depths(_teacher(plan), samples, plan.depth_max)
+    for i, image, mask, depth in samples:
         info = {"bg": int(bg_id[i]), "fg": int(cut_id[i]), "flip": bool(flip[i]), "box": box[i].tolist(),
                 "scale": round(float(scale[i]), 4), "contact": [float(contact[i, 0]), float(contact[i, 1])],
                 "contact_depth": round(float(depth_c[i]), 4), "depth_known": bool(known[i]),
@@ -245,7 +306,7 @@ def build_shard(plan: Plan, index: int) -> int:
         encoded[i] = (f"{split}-{int(k[i]):07d}", {
             "fg_bg.jpg": encode_jpeg(image, JPEG_QUALITY),
             "mask.png": encode_png(mask),
-            "depth.png": encode_depth_png(depth, DEPTH_SCALE),
+            "depth.png": encode_depth_png(depth, plan.depth_scale),
             "json": json.dumps(info, sort_keys=True, separators=(",", ":")).encode(),
         })
     _remove_stale_temps(plan.shard_path(index))
@@ -279,13 +340,16 @@ def _procedural_fg(args: tuple[int, int]):
     return procedural_foreground(*args)
 
 
-def load_assets(cfg: MakeConfig, pool=None) -> Assets:
+def load_assets(cfg: MakeConfig, pool=None, teacher=None, progress: bool = True) -> Assets:
+    """Backgrounds and cutouts; photos get `teacher`'s depth (once per photo) if given."""
     from maskdepth.data import photos
 
     run = pool.map if pool is not None else map
     skipped: list = []
     if cfg.bg_dir:
-        found, bad = photos.load_background_photos(cfg.bg_dir, cfg.size, fit="crop")
+        found, bad = photos.load_background_photos(cfg.bg_dir, cfg.size, fit=cfg.fit, horizon=cfg.horizon)
+        if teacher is not None:
+            found = photos.add_teacher_depth(found, teacher, cfg.horizon, progress=progress)
         backgrounds, sources = [ph.background for ph in found], [ph.name for ph in found]
         skipped += bad
     else:
@@ -299,16 +363,18 @@ def load_assets(cfg: MakeConfig, pool=None) -> Assets:
     return Assets(backgrounds, cutouts, sources, skipped)
 
 
-def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan) -> dict[str, Any]:
+def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan, teacher=None) -> dict[str, Any]:
     from maskdepth import __version__
     from maskdepth.data.shards import FORMAT, FORMAT_VERSION, round_depth_max, shard_name
 
     known = [float(b.depth.max()) for b in assets.backgrounds if (b.depth > 0).any()]
-    if known:
-        depth_max = round_depth_max(max(known))
+    if teacher is not None and teacher.unit == "relative":
+        depth = {"unit": "relative", "scale": RELATIVE_DEPTH_SCALE, "max": 1.0}
+    elif known:
+        depth = {"unit": "metres", "scale": DEPTH_SCALE, "max": round_depth_max(max(known))}
     else:  # photos without depth: nothing is known; bound by the nominal floor the objects stand on
         d, floor, _ = nominal_ground(cfg.size)
-        depth_max = round_depth_max(float(d[floor].max()))
+        depth = {"unit": "metres", "scale": DEPTH_SCALE, "max": round_depth_max(float(d[floor].max()))}
     counts = {"backgrounds": len(assets.backgrounds), "cutouts": len(assets.cutouts),
               "foregrounds": 2 * len(assets.cutouts)}
     counts.update({s: plan.split_samples(s) for s in SPLITS})
@@ -320,7 +386,7 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan) -> dict[str, Any
         "counts": counts,
         "compose": dataclasses.asdict(cfg.compose),
         "jpeg_quality": JPEG_QUALITY, "cutout_size": CUTOUT_SIZE,
-        "depth": {"unit": "metres", "scale": DEPTH_SCALE, "max": depth_max},
+        "depth": depth,
         "split": {"by": "background", "test_fraction": cfg.test_fraction,
                   "test_backgrounds": list(plan.split_backgrounds["test"])},
         "shards": {s: [shard_name(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
@@ -330,11 +396,15 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan) -> dict[str, Any
         "cutouts": [{"name": c.name, "height_m": float(c.height_m)} for c in assets.cutouts],
         "command": command_line(cfg),
     }
+    if cfg.bg_dir:
+        meta["photos"] = {"fit": cfg.fit, "horizon": cfg.horizon}
+    if teacher is not None:
+        meta["teacher"] = {"mode": cfg.teacher_mode, **teacher.describe()}
     return json.loads(json.dumps(meta))  # as it reads back: tuples become lists
 
 
-def write_assets(root: Path, assets: Assets) -> None:
-    """Backgrounds (RGB, 16-bit depth in mm, floor) and cutouts (RGBA), each file skipped if already there."""
+def write_assets(root: Path, assets: Assets, depth_scale: float = DEPTH_SCALE) -> None:
+    """Backgrounds (RGB, 16-bit depth, floor) and cutouts (RGBA), each file skipped if already there."""
     from maskdepth.codecs import encode_depth_png, encode_png
     from maskdepth.data.shards import background_files, cutout_file
     from maskdepth.fileio import atomic_write_bytes
@@ -347,7 +417,7 @@ def write_assets(root: Path, assets: Assets) -> None:
     for i, b in enumerate(assets.backgrounds):
         rgb_p, depth_p, floor_p = background_files(root, i)
         put(rgb_p, lambda b=b: encode_png(b.image))
-        put(depth_p, lambda b=b: encode_depth_png(b.depth, DEPTH_SCALE))
+        put(depth_p, lambda b=b: encode_depth_png(b.depth, depth_scale))
         put(floor_p, lambda b=b: encode_png(b.floor.astype(np.uint8) * 255))
     for i, c in enumerate(assets.cutouts):
         put(cutout_file(root, i), lambda c=c: encode_png(c.rgba))
@@ -377,23 +447,34 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; threads would only fight each other
 
 
-def _build_task(args: tuple[Plan, int]) -> int:
-    return build_shard(*args)
+def _build_task(args: tuple[Plan, int]) -> tuple[int, int]:
+    """(samples written, pictures the teacher computed for them) for one shard."""
+    before = sum(t.computed for t in _TEACHER.values())
+    n = build_shard(*args)
+    return n, sum(t.computed for t in _TEACHER.values()) - before
 
 
 def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = None, workers: int = 1,
-                 force: bool = False, progress: bool = True) -> dict[str, Any]:
+                 force: bool = False, progress: bool = True, teacher_cache: str | os.PathLike | None = None,
+                 teacher_device: str = "cpu") -> dict[str, Any]:
     """Build (or resume) the dataset `cfg` in `out`; only the global shard range `shards` ('a:b') if given.
-    Returns a summary: shards and samples written, shards already complete, the metadata."""
+    A depth teacher caches its results in `teacher_cache` (default OUT/teacher-cache) and runs on
+    `teacher_device`. Returns a summary: shards and samples written, shards already complete, pictures the
+    teacher computed (cache misses), the metadata."""
     from maskdepth.data.shards import METADATA, read_metadata, write_metadata
     from maskdepth.fileio import prepare_output_dir
     from maskdepth.progress import Progress
 
     cfg.check()
     out = Path(out)
-    prepare_output_dir(out, force, owned_by=METADATA, what="dataset")
+    cache = Path(teacher_cache) if teacher_cache is not None else out / TEACHER_CACHE
+    # a run stopped after the teacher cached some results but before metadata.json: still our folder
+    only_cache = out.is_dir() and [p.name for p in out.iterdir()] == [TEACHER_CACHE]
+    prepare_output_dir(out, force, owned_by=TEACHER_CACHE if only_cache else METADATA, what="dataset")
     if force:  # replace our own earlier dataset too (prepare_output_dir keeps a folder it recognises)
         for p in out.iterdir():
+            if p.name == TEACHER_CACHE:
+                continue  # results by content hash are never stale: keep them
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     workers = max(1, int(workers))
     # fork: workers start at once with everything imported (make never touches CUDA, which fork would upset)
@@ -404,12 +485,20 @@ def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = N
     try:
         if pool is None:
             torch.set_num_threads(1)  # the same arithmetic as a worker's, so the bytes do not depend on --workers
-        assets = load_assets(cfg, pool)
+        teacher = None
+        if cfg.teacher:
+            from maskdepth.data.teacher import DepthTeacher
+
+            teacher = DepthTeacher.from_path(cfg.teacher, device=teacher_device, threads=1, cache_dir=cache,
+                                             **cfg.teacher_settings)
+        assets = load_assets(cfg, pool, teacher, progress)
         test = held_out_backgrounds(cfg.seed, len(assets.backgrounds), cfg.test_fraction)
         plan = Plan(str(out), cfg, len(assets.cutouts), {
             "train": tuple(i for i in range(len(assets.backgrounds)) if i not in test), "test": tuple(test)})
-        meta = build_metadata(cfg, assets, plan)
-        plan = dataclasses.replace(plan, digest=hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest())
+        meta = build_metadata(cfg, assets, plan, teacher)
+        plan = dataclasses.replace(plan, digest=hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
+                                   depth_scale=meta["depth"]["scale"], depth_max=meta["depth"]["max"],
+                                   teacher_cache=str(cache), teacher_device=teacher_device)
         if (out / METADATA).exists():
             old = read_metadata(out)
             if old != meta:
@@ -425,24 +514,27 @@ def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = N
             write_skip_report(out / "skipped.json", assets.skipped)
             print(f"maskdepth: skipped {len(assets.skipped)} unusable picture(s), listed in {out / 'skipped.json'}",
                   file=sys.stderr)
-        write_assets(out, assets)
+        write_assets(out, assets, plan.depth_scale)
 
         wanted = parse_shards(shards, plan.total_shards)
         todo = [i for i in wanted if not plan.shard_path(i).exists()]
         total = sum(plan.shard_count(*plan.locate(i)) for i in todo)
-        written = 0
+        written, computed = 0, teacher.computed if teacher is not None else 0
         with Progress(total, "data make", unit="samples", enabled=progress) as bar:
             tasks = [(plan, i) for i in todo]
             results = pool.imap_unordered(_build_task, tasks) if pool is not None else map(_build_task, tasks)
-            for n in results:
+            for n, c in results:
                 written += n
+                computed += c
                 bar.update(n)
         ok = True
     finally:
         torch.set_num_threads(threads)
         _BANKS.clear()
+        _TEACHER.clear()
         if pool is not None:
             pool.close() if ok else pool.terminate()
             pool.join()
     return {"shards_written": len(todo), "samples_written": written, "shards_complete_before": len(wanted) - len(todo),
-            "shards_in_range": len(wanted), "total_shards": plan.total_shards, "metadata": meta}
+            "shards_in_range": len(wanted), "total_shards": plan.total_shards, "teacher_computed": computed,
+            "metadata": meta}
