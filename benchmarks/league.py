@@ -31,7 +31,7 @@ MODELS = ["maskdepth", "seed-resnet-twobranch", "seed-densenet", "seed-resunet",
           "seed-updown"]
 PROFILES = {  # side, budget per model (s), batch size, loader workers, dataset: backgrounds, foregrounds, per pair
     "quick": dict(size=32, budget_s=2.0, batch_size=8, workers=0, backgrounds=2, foregrounds=4, per_pair=2),
-    "cpu": dict(size=64, budget_s=90.0, batch_size=16, workers=1, backgrounds=20, foregrounds=32, per_pair=2),
+    "cpu": dict(size=64, budget_s=90.0, batch_size=16, workers=1, backgrounds=20, foregrounds=32, per_pair=1),
     "gpu": dict(size=192, budget_s=600.0, batch_size=64, workers=8, backgrounds=100, foregrounds=200, per_pair=8),
 }
 
@@ -51,15 +51,15 @@ def make_data(out: Path, p: dict, seed: int) -> Path:
 
 
 def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> float:
-    """Training samples per second of model `name` (forward, backward, AdamW): the fastest of three steps after
-    two warm-up steps (the fastest, since other work on the machine only ever slows a step down)."""
+    """Training samples per second of model `name` (forward, backward, AdamW): the faster of two steps after a
+    warm-up step (the faster, since other work on the machine only ever slows a step down)."""
     from maskdepth.models import create_model
 
     model = create_model(name, depth_max=10.0).to(device).train()
     opt = torch.optim.AdamW(model.parameters())
     x = torch.rand(batch_size, 3, size, size, device=device)
     times = []
-    for _ in range(5):
+    for _ in range(3):
         t0 = time.perf_counter()
         mask, depth = model(x, x)
         (mask.mean() + depth.mean()).backward()
@@ -68,7 +68,7 @@ def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> 
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return batch_size / min(times[2:])
+    return batch_size / min(times[1:])
 
 
 def train_one(name: str, steps: int, data: Path, run: Path, p: dict, args, device: torch.device) -> dict:
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskdepth.evaluate import evaluate_checkpoint
     from maskdepth.models import create_model
     from maskdepth.train.dist import resolve_device
+    from maskdepth.train.loop import cpu_threads_beside
 
     p = dict(PROFILES[args.profile or "cpu"])
     if args.budget_s:
@@ -132,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     # every model's step time first; then one short run so that the first model does not pay for the
     # process's one-time costs (lazy imports, first kernels of the loss)
-    calibration_batch = p["batch_size"] if device.type == "cuda" else 4  # the CPU's rate hardly depends on it
-    steps = {name: max(10, int(p["budget_s"] * sample_rate(name, p["size"], calibration_batch, device)
+    if device.type == "cpu":  # timed with the threads training will use
+        torch.set_num_threads(cpu_threads_beside(p["workers"]))
+    steps = {name: max(10, int(p["budget_s"] * sample_rate(name, p["size"], p["batch_size"], device)
                                / p["batch_size"])) for name in args.models}
     train_one("maskdepth-small", 2, data, work / "runs" / "warm-up", {**p, "budget_s": 0.0}, args, device)
     rows = []

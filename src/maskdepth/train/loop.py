@@ -154,6 +154,14 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
+def cpu_threads_beside(workers: int) -> int:
+    """Compute threads for training on the CPU next to `workers` loader processes: the cores they leave (at
+    most torch's current count). Idle compute threads spin-wait, so with workers on the same cores a step can
+    take several times as long."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - workers))
+
+
 def train(config: Config, out: str | Path, *, resume: bool = False, force: bool = False,
           argv: list[str] | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or with `resume`, continue) training into run folder `out`. Under torchrun every rank calls this.
@@ -168,12 +176,8 @@ def train(config: Config, out: str | Path, *, resume: bool = False, force: bool 
                      torch.is_deterministic_algorithms_warn_only_enabled())
     threads = torch.get_num_threads()
     try:
-        if place.device.type == "cpu" and config.data.workers > 0 and not config.data.generator:
-            # leave the loader workers their cores: idle compute threads spin-wait, and with the workers
-            # fighting them for the same cores a step can take several times as long
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            free = cores - config.data.workers
-            torch.set_num_threads(max(1, min(threads, free)))
+        if place.device.type == "cpu" and not config.data.generator:
+            torch.set_num_threads(cpu_threads_beside(config.data.workers))
         return _Trainer(config, Path(out), place, resume, force, argv or rundir.command_line(), on_step).run()
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
