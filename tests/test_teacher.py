@@ -185,6 +185,17 @@ def test_bad_model_files(tmp_path):
         DepthTeacher.from_path(tmp_path / "missing.onnx")
 
 
+def test_cuda_teacher_without_cuda_is_one_line(models):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() or torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match="tiny.onnx: ONNX Runtime here has no CUDA provider"):
+        DepthTeacher.from_path(models["onnx"], device="cuda")
+    with pytest.raises(UserError, match="tiny.pt: no CUDA device"):
+        DepthTeacher.from_path(models["torchscript"], device="cuda")
+
+
 def test_wrong_output_shape_and_failing_input(tmp_path):
     two = export_onnx(TinyDepth(out_channels=2), tmp_path / "two.onnx")
     with pytest.raises(UserError, match=r"two.onnx: the model returned shape \[1, 2, 40, 56\]"):

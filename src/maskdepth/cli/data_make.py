@@ -20,7 +20,8 @@ def register(dsub) -> None:
         epilog="examples: maskdepth data make data/small\n"
                "          maskdepth data make data/seed --preset seed --workers 8\n"
                "          maskdepth data make data/seed --preset seed --shards 0:200   (machine 1 of 2)\n"
-               "          maskdepth data make data/mine --bg-dir photos/ --fg-dir cutouts/",
+               "          maskdepth data make data/mine --bg-dir photos/ --fg-dir cutouts/\n"
+               "          maskdepth data make data/mine --bg-dir photos/ --fg-dir cutouts/ --depth-teacher midas.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", metavar="OUT", help="dataset folder to create or resume")
     p.add_argument("--preset", choices=["seed"],
@@ -54,7 +55,7 @@ def _add_photo_arguments(p) -> None:
     g = p.add_argument_group("your photos and a depth teacher", "see docs/your-own-data.md")
     g.add_argument("--fit", choices=["crop", "letterbox"], default="crop",
                    help="photos to --size: centre crop (default) or letterbox (black bars, never floor)")
-    g.add_argument("--horizon", type=float, default=0.45, metavar="F",
+    g.add_argument("--horizon", type=float, metavar="F",
                    help="photos: the floor is below this fraction of the height (default 0.45)")
     g.add_argument("--fg-scale", metavar="A:B",
                    help="object height between A and B of the image height (default 0.08:0.9); within it, "
@@ -117,7 +118,7 @@ def _make(args) -> int:
     from maskdepth.errors import UserError
 
     given = {"backgrounds": args.backgrounds, "foregrounds": args.foregrounds, "per_pair": args.per_pair,
-             "size": parse_size(args.size) if args.size else None}
+             "size": parse_size(args.size) if args.size else None, "horizon": args.horizon}
     if args.bg_dir and args.backgrounds is not None:
         raise UserError("--backgrounds counts procedural rooms; with --bg-dir the photos are the backgrounds: "
                         "give one or the other")
@@ -133,7 +134,7 @@ def _make(args) -> int:
         lo, hi = parse_fraction_range(args.fg_scale)
         options["compose"] = ComposeConfig(min_height=lo, max_height=hi)
     cfg = MakeConfig(seed=args.seed, shard_size=args.shard_size, test_fraction=args.test_fraction,
-                     bg_dir=args.bg_dir, fg_dir=args.fg_dir, fit=args.fit, horizon=args.horizon,
+                     bg_dir=args.bg_dir, fg_dir=args.fg_dir, fit=args.fit,
                      teacher=args.depth_teacher, teacher_mode=args.teacher_mode,
                      teacher_settings=_teacher_settings(args), **options)
     summary = make_dataset(args.out, cfg, shards=args.shards, workers=args.workers, force=args.force,

@@ -166,7 +166,10 @@ class _OnnxRunner:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError(f"{path}: ONNX Runtime here has no CUDA provider; install onnxruntime-gpu or run "
+                                "the teacher on the CPU")
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
@@ -207,6 +210,8 @@ class _TorchScriptRunner:
         self.torch = torch
         self.device = torch.device(device)
         self.threads = threads
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"{path}: no CUDA device for the teacher here; run it on the CPU")
         try:
             self.module = torch.jit.load(str(path), map_location=self.device).eval()
         except (RuntimeError, ValueError) as e:
