@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -315,3 +316,18 @@ def test_make_cli_teacher_flags_and_bad_model(pictures, models, tmp_path, capsys
     assert (tmp_path / "z" / "teacher-cache").is_dir()
     for _, _, depth in read_samples(tmp_path / "z"):
         assert depth.max() > 0  # metric depth in millimetres from the teacher
+
+
+def test_make_resumes_from_a_cache_only_folder_and_force_keeps_the_cache(pictures, models, tmp_path):
+    """A make stopped after the teacher cached results (no metadata yet) is still ours; --force keeps the
+    cache, whose entries can never be stale."""
+    from maskdepth.data.make import MakeConfig, make_dataset
+
+    out = tmp_path / "d"
+    (out / "teacher-cache").mkdir(parents=True)
+    cfg = MakeConfig(size=(48, 48), per_pair=1, shard_size=8, test_fraction=0.3, bg_dir=str(pictures / "photos"),
+                     fg_dir=str(pictures / "cutouts"), teacher=str(models["onnx"]))
+    assert make_dataset(out, cfg, workers=1, progress=False)["teacher_computed"] == 3
+    assert list((out / "teacher-cache").rglob("*.npy"))
+    again = make_dataset(out, dataclasses.replace(cfg, per_pair=2), workers=1, progress=False, force=True)
+    assert again["teacher_computed"] == 0 and again["samples_written"] == 24
