@@ -331,3 +331,13 @@ def test_make_resumes_from_a_cache_only_folder_and_force_keeps_the_cache(picture
     assert list((out / "teacher-cache").rglob("*.npy"))
     again = make_dataset(out, dataclasses.replace(cfg, per_pair=2), workers=1, progress=False, force=True)
     assert again["teacher_computed"] == 0 and again["samples_written"] == 24
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torchscript_teacher_on_cuda_matches_cpu(models):
+    ims = photos(3)
+    cpu = DepthTeacher.from_path(models["torchscript"]).predict(ims)
+    gpu = DepthTeacher.from_path(models["torchscript"], device="cuda").predict(ims)
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
