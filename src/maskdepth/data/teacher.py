@@ -259,14 +259,11 @@ class TeacherCache:
         return self.folder / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> np.ndarray | None:
-        p = self._path(key)
         try:
-            with open(p, "rb") as f:
+            with open(self._path(key), "rb") as f:
                 return np.load(f, allow_pickle=False)
-        except FileNotFoundError:
+        except (OSError, ValueError):  # missing, or damaged: computed (again) and rewritten
             return None
-        except (OSError, ValueError):
-            return None  # a damaged entry is recomputed and rewritten
 
     def put(self, key: str, depth: np.ndarray) -> None:
         with atomic_path(self._path(key)) as tmp, open(tmp, "wb") as f:
