@@ -10,7 +10,7 @@ import heapq
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     loader = make_loader(data, split, batch_size, side, train=False, workers=workers,
                          pin_memory=dev.type == "cuda")
     total = min(dataset.num_samples(split), limit or math.inf)
-    batches = (to_device(b, dev) for b in _first(loader, limit))
+    batches = (to_device(b, dev) for b in first_samples(loader, limit))
     batches = track(batches, f"evaluate {split}", total=math.ceil(total / batch_size), unit="batch",
                     enabled=progress)
     result = evaluate_batches(model, batches, model.depth_max, aligned=dataset.depth_unit == "relative", tta=tta,
@@ -194,9 +194,10 @@ def run(ckpt: str | os.PathLike, data: str | os.PathLike, split: str = "test", *
     return record
 
 
-def _first(loader: Iterable[Batch], limit: int) -> Iterable[Batch]:
+def first_samples(batches: Iterable[Batch], limit: int) -> Iterator[Batch]:
+    """Batches until at least `limit` samples have passed (0: all of them)."""
     seen = 0
-    for batch in loader:
+    for batch in batches:
         if limit and seen >= limit:
             return
         seen += batch["image"].shape[0]

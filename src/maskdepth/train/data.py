@@ -162,13 +162,10 @@ class TrainData:
 
     def _eval_from_shards(self, batch_size: int) -> Iterator[Batch]:
         from maskdepth.data.loader import make_loader
+        from maskdepth.evaluate import first_samples
 
         d = self.config.data
         loader = make_loader(d.dir, d.eval_split, batch_size, d.size, train=False, workers=d.workers,
                              seed=self.config.train.seed, pin_memory=self.place.device.type == "cuda")
-        seen, limit = 0, -(-d.eval_samples // self.place.world_size)
-        for batch in loader:
-            if limit and seen >= limit:
-                break
-            seen += batch["image"].shape[0]
+        for batch in first_samples(loader, -(-d.eval_samples // self.place.world_size)):
             yield to_device(batch, self.place.device, self.channels_last)
