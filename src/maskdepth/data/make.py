@@ -45,6 +45,7 @@ from maskdepth.data.banks import (
     seed_for,
 )
 from maskdepth.data.compose import ComposeConfig, Placement, composite, placement_windows, sample_placements
+from maskdepth.data.rooms import MAX_DEPTH_M
 from maskdepth.errors import UserError
 
 GENERATOR_NAME = "maskdepth.data.make"
@@ -370,6 +371,8 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan, teacher=None) ->
     known = [float(b.depth.max()) for b in assets.backgrounds if (b.depth > 0).any()]
     if teacher is not None and teacher.unit == "relative":
         depth = {"unit": "relative", "scale": RELATIVE_DEPTH_SCALE, "max": 1.0}
+    elif not cfg.bg_dir:  # procedural rooms: the generator's bound, the same for every procedural dataset
+        depth = {"unit": "metres", "scale": DEPTH_SCALE, "max": round_depth_max(MAX_DEPTH_M)}
     elif known:
         depth = {"unit": "metres", "scale": DEPTH_SCALE, "max": round_depth_max(max(known))}
     else:  # photos without depth: nothing is known; bound by the nominal floor the objects stand on

@@ -83,6 +83,9 @@ class RoomParams:
 # sampling
 
 MAX_PITCH = math.radians(35.0)
+# Rooms are at most 10 x 10 x 4 m (sample_room), so no z-depth exceeds the room's diagonal. Procedural datasets
+# all record one depth bound from this, so models trained on different ones predict on the same scale.
+MAX_DEPTH_M = math.sqrt(10.0**2 + 10.0**2 + 4.0**2)
 _FLOOR_KINDS = (("planks", 0.3), ("tiles", 0.25), ("wood", 0.15), ("noise", 0.15), ("dead_leaves", 0.15))
 _WALL_KINDS = (("noise", 0.4), ("stripes", 0.25), ("tiles", 0.2), ("dead_leaves", 0.15))
 _CEILING_KINDS = (("noise", 0.8), ("tiles", 0.2))
