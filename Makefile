@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/maskdepth demo
 
 lint: setup
-	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks scripts
 
 test: lint
 	.venv/bin/python -m pytest

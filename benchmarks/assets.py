@@ -72,7 +72,7 @@ def main() -> int:
         "results": results,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

@@ -47,7 +47,7 @@ def main() -> int:
                              warmup=1, iters=3, max_s=1.0)
     else:
         report = bench_infer(model, list(SIZES), list(BATCH_SIZES), args.device, args.backends)
-    report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     report["quick"] = args.quick
     report["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     name = "infer-cuda" if torch.device(args.device).type == "cuda" else "infer"

@@ -145,7 +145,7 @@ def main() -> int:
                     print(f"{device:5s} {model:26s} {size:4d}px {dtype}  batch {batch:3d}: {cost}", flush=True)
     report = {
         "benchmark": "train_step",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -19,6 +19,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.done = 0
         self.start = self.last = time.perf_counter()
+        self.shown = -1  # `done` when the last plain line was printed
         self.info: dict[str, object] = {}
         self.bar = None
         self.enabled = enabled
@@ -43,8 +44,9 @@ class Progress:
             self._line(now)
 
     def _line(self, now: float) -> None:
+        self.shown = self.done
         rate = self.done / max(now - self.start, 1e-9)
-        of = f"/{self.total}" if self.total else ""
+        of = f"/{self.total}" if self.total and self.done <= self.total else ""
         extra = "".join(f" {k}={_fmt(v)}" for k, v in self.info.items())
         print(f"{self.desc}: {self.done}{of} {self.unit} ({rate:.1f} {self.unit}/s){extra}",
               file=self.stream, flush=True)
@@ -52,7 +54,7 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled:
+        elif self.enabled and self.shown != self.done:
             self._line(time.perf_counter())
 
     def __enter__(self) -> Progress:

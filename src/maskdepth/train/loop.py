@@ -110,9 +110,10 @@ class BufferGuard:
             torch._foreach_copy_(self.buffers, self.saved)
 
 
-def build_model(config: Config, depth_max: float) -> tuple[nn.Module, str]:
+def build_model(config: Config, depth_max: float, data_unit: str = "metres") -> tuple[nn.Module, str]:
     """The model to train: fresh from the registry, or (model.init) weights from a checkpoint or the packaged
-    default, with depth_max from the data. Returns (model, what it was initialised from)."""
+    default. A fresh model takes depth_max from the data; an initialised one keeps its own when the depth unit is
+    the same. Returns (model, what it was initialised from)."""
     from maskdepth.models import create_model
 
     init = config.model.init
@@ -124,8 +125,15 @@ def build_model(config: Config, depth_max: float) -> tuple[nn.Module, str]:
     state, header = read_checkpoint(path)
     if "model" not in header:
         raise UserError(f"{path}: header names no model; it was not written by maskdepth")
-    model = create_model(header["model"], **{**header.get("model_kwargs", {}), **config.model.kwargs,
-                                             "depth_max": depth_max})
+    kwargs = {**header.get("model_kwargs", {}), **config.model.kwargs}
+    same_unit = (header.get("depth") or {}).get("unit") == data_unit
+    if not same_unit or "depth_max" not in kwargs:
+        kwargs["depth_max"] = depth_max  # another unit: the depth head starts over on the data's scale
+    elif kwargs["depth_max"] < depth_max:
+        # the checkpoint's depth head is kept on its own scale (rescaling it would undo what it learned)
+        print(f"note: {path} predicts depth up to {kwargs['depth_max']:g} {data_unit}, the data reaches "
+              f"{depth_max:g}; deeper pixels are learned as that bound", file=sys.stderr)
+    model = create_model(header["model"], **kwargs)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -205,7 +213,7 @@ class _Trainer:
         torch.manual_seed(t.seed)
         self.data = TrainData(config, place)
         self.plan = make_plan(config, self.data.steps_per_epoch)
-        model, self.init_from = build_model(config, self.data.depth_max)
+        model, self.init_from = build_model(config, self.data.depth_max, self.data.depth_unit)
         if config.model.init:
             config.model.name = model.model_name
         self.model_name = model.model_name

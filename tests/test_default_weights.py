@@ -1,0 +1,44 @@
+"""The weights shipped in the package load and reproduce their card on a freshly generated test set."""
+
+import importlib.util
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from maskdepth.evaluate import evaluate_checkpoint
+
+WEIGHTS = files("maskdepth").joinpath("weights/default.safetensors")
+CARD = files("maskdepth").joinpath("weights/default.json")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py"
+
+
+def _card_eval():
+    spec = importlib.util.spec_from_file_location("package_default_weights", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_default_weights_are_shipped_with_a_card():
+    assert WEIGHTS.is_file() and CARD.is_file()
+    card = json.loads(CARD.read_text())
+    assert WEIGHTS.stat().st_size <= 20e6
+    for key in ("data", "recipe", "evaluation", "date", "machine"):
+        assert card[key]
+
+
+def test_default_weights_reach_their_card(tmp_path):
+    import maskdepth
+
+    predictor = maskdepth.load_model()
+    assert predictor.card["model"] == predictor.model_name
+    mod = _card_eval()
+    card = json.loads(CARD.read_text())
+    assert card["evaluation"]["dataset"] == mod.CARD_EVAL
+    data = mod.make_card_dataset(tmp_path / "card")
+    record, _ = evaluate_checkpoint(Path(str(WEIGHTS)), data, "test", size=mod.CARD_EVAL["size"], workers=1,
+                                    progress=False)
+    for name in ("mask_iou", "depth_delta1"):
+        assert record["metrics"][name] == pytest.approx(card["evaluation"]["metrics"][name], abs=0.02), name
