@@ -24,16 +24,6 @@ from maskdepth.viz import LABEL_H
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One compute thread: on a shared machine idle OpenMP threads spin-wait for busy cores and a step can
-    take ten times as long; one thread keeps these tests' time steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "tiny"

@@ -28,16 +28,6 @@ BASE = {"model.name": "maskdepth-small", "data.size": SIZE, "data.workers": 0, "
         "train.device": "cpu", "train.log_every": 1, "train.samples": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One compute thread: on a shared machine idle OpenMP threads spin-wait for busy cores and a step can
-    take ten times as long; one thread keeps these tests' time steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """96 train and 24 test samples at 32x32 in 16-sample shards (a second or so)."""
