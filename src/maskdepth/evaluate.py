@@ -160,9 +160,10 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     side = size or int(header.get("train_size", dataset.size)[0])
     loader = make_loader(data, split, batch_size, side, train=False, workers=workers,
                          pin_memory=dev.type == "cuda")
-    total = min(dataset.num_samples(split), limit or math.inf)
+    # the loader knows its batch count (each worker forms its own last, partial batch)
+    total = len(loader) if not limit else min(len(loader), math.ceil(limit / batch_size))
     batches = (to_device(b, dev) for b in first_samples(loader, limit))
-    batches = track(batches, f"evaluate {split}", total=math.ceil(total / batch_size), unit="batch",
+    batches = track(batches, f"evaluate {split}", total=total, unit="batch",
                     enabled=progress)
     result = evaluate_batches(model, batches, model.depth_max, aligned=dataset.depth_unit == "relative", tta=tta,
                               autocast=dev.type == "cuda", worst_k=worst_k)
