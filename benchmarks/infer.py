@@ -32,7 +32,7 @@ def main() -> int:
 
     import torch
 
-    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer
+    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer, format_report
 
     if args.ckpt:
         from maskdepth.predict import load_model
@@ -54,12 +54,7 @@ def main() -> int:
     out = Path(args.out) if args.out else RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    for r in report["results"]:
-        h, w = r["size"]
-        cost = r.get("skipped") or f"{r['latency_ms']['median']:8.2f} ms  {r['pairs_per_s']:8.1f} pairs/s"
-        print(f"{r['backend']:8s} {h:5d}x{w:<5d} batch {r['batch']:2d}: {cost}")
-    for backend, why in report["skipped"].items():
-        print(f"{backend:8s} skipped: {why}")
+    print(format_report(report))
     print(f"wrote {out}")
     return 0
 

@@ -191,3 +191,14 @@ def _cpu_name() -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def format_report(report: dict) -> str:
+    """One line per timed configuration, then the backends that could not run and why."""
+    lines = []
+    for r in report["results"]:
+        h, w = r["size"]
+        cost = r.get("skipped") or f"{r['latency_ms']['median']:8.2f} ms  {r['pairs_per_s']:8.1f} pairs/s"
+        lines.append(f"{r['backend']:8s} {h:5d}x{w:<5d} batch {r['batch']:2d}: {cost}")
+    lines += [f"{backend:8s} skipped: {why}" for backend, why in report["skipped"].items()]
+    return "\n".join(lines)

@@ -105,7 +105,7 @@ def run_bench(args) -> int:
     import json
     from pathlib import Path
 
-    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer, parse_size
+    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer, format_report, parse_size
     from maskdepth.errors import UserError
     from maskdepth.fileio import atomic_write_text
 
@@ -129,10 +129,5 @@ def run_bench(args) -> int:
     text = json.dumps(report, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")
-    for r in report["results"]:
-        h, w = r["size"]
-        cost = r.get("skipped") or f"{r['latency_ms']['median']:.2f} ms, {r['pairs_per_s']:.1f} pairs/s"
-        print(f"{r['backend']:8s} {h}x{w} batch {r['batch']}: {cost}")
-    for backend, why in report["skipped"].items():
-        print(f"{backend:8s} skipped: {why}")
+    print(format_report(report))
     return 0
