@@ -126,3 +126,14 @@ def test_relative_depth_datasets_get_aligned_metrics(dataset, ckpt, tmp_path):
     assert all("aligned_" + name in record["metrics"] for name in DEPTH_METRICS)
     # scale-and-shift alignment can only lower the error
     assert record["metrics"]["aligned_depth_rmse"] <= record["metrics"]["depth_rmse"] + 1e-9
+
+
+def test_aligned_metrics_on_request_for_metric_depth(dataset, ckpt, tmp_path):
+    plain, _ = evaluate_checkpoint(ckpt, dataset, workers=0, progress=False)
+    assert not any(name.startswith("aligned_") for name in plain["metrics"])
+    record, _ = evaluate_checkpoint(ckpt, dataset, workers=0, progress=False, aligned=True)
+    assert all("aligned_" + name in record["metrics"] for name in DEPTH_METRICS)
+    assert record["metrics"]["depth_delta1"] == plain["metrics"]["depth_delta1"]
+    assert cli(["evaluate", str(ckpt), "--data", str(dataset), "--out", str(tmp_path / "ev"), "--aligned",
+                 "--workers", "0"]) == 0
+    assert "aligned_depth_delta1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]

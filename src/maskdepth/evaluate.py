@@ -143,10 +143,11 @@ def markdown_table(metrics: dict[str, float], title: str) -> str:
 
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split: str = "test", *,
                         batch_size: int = 16, size: int | None = None, tta: bool = False, worst_k: int = 0,
-                        device: str = "auto", workers: int = 2, limit: int = 0, progress: bool = True
-                        ) -> tuple[dict[str, Any], EvalResult]:
+                        device: str = "auto", workers: int = 2, limit: int = 0, progress: bool = True,
+                        aligned: bool = False) -> tuple[dict[str, Any], EvalResult]:
     """Evaluate checkpoint `ckpt` on split `split` of dataset `data` at `size` (default: the checkpoint's
-    training size). Aligned depth metrics are added for relative-depth datasets. Returns (JSON record, result)."""
+    training size). Depth metrics after per-image scale-and-shift alignment are added when `aligned`, and always
+    for relative-depth datasets. Returns (JSON record, result)."""
     from maskdepth.checkpoint import load_model_from_checkpoint
     from maskdepth.data.loader import make_loader
     from maskdepth.data.shards import DatasetDir
@@ -165,7 +166,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     batches = (to_device(b, dev) for b in first_samples(loader, limit))
     batches = track(batches, f"evaluate {split}", total=total, unit="batch",
                     enabled=progress)
-    result = evaluate_batches(model, batches, model.depth_max, aligned=dataset.depth_unit == "relative", tta=tta,
+    result = evaluate_batches(model, batches, model.depth_max, aligned=aligned or dataset.depth_unit == "relative", tta=tta,
                               autocast=dev.type == "cuda", worst_k=worst_k)
     record = {"checkpoint": str(ckpt), "model": header.get("model"), "data": str(data), "split": split,
               "size": side, "tta": tta, "samples": result.samples, "depth_unit": dataset.depth_unit,

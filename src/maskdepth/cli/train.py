@@ -55,6 +55,8 @@ def register(sub) -> None:
     e.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out folder")
     e.add_argument("--tta", action="store_true", help="average with the horizontally flipped prediction")
     e.add_argument("--size", type=int, help="side to evaluate at (default: the checkpoint's training size)")
+    e.add_argument("--aligned", action="store_true", help="add depth metrics after per-image scale-and-shift "
+                                                          "alignment (always on for relative depth)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--worst", type=int, default=8, metavar="K", help="worst samples per criterion in worst.png")
     e.add_argument("--limit", type=int, default=0, metavar="N", help="evaluate the first N samples only")
@@ -97,7 +99,7 @@ def _evaluate(args) -> int:
     out = args.out or Path(args.ckpt).parent / f"eval-{args.split}"
     run(args.ckpt, args.data, args.split, out=out, worst_k=args.worst, force=args.force,
         batch_size=args.batch_size, size=args.size, tta=args.tta, device=args.device, workers=args.workers,
-        limit=args.limit)
+        limit=args.limit, aligned=args.aligned)
     return 0
 
 
