@@ -145,6 +145,22 @@ def test_default_model_exports_to_onnx_with_dynamic_size(tmp_path):
         assert g.shape == (2, 1, 70, 33)
         torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)
 
+    # the CPU speed of the design rests on these: no 6-D Transpose (an unshuffle) and full-resolution conv inputs
+    # in multiples of 8 channels (ONNX Runtime's blocked kernels); see docs/ARCHITECTURE.md, speed notes
+    import onnx
+
+    perms = [list(a.ints) for node in onnx.load(str(path)).graph.node if node.op_type == "Transpose"
+             for a in node.attribute if a.name == "perm"]
+    assert all(len(perm) <= 4 for perm in perms), perms
+
+
+@pytest.mark.parametrize("name", ["maskdepth", "maskdepth-small", "maskdepth-large"])
+def test_default_design_full_resolution_convs_take_multiples_of_8_channels(name):
+    model = create_model(name)
+    first = next(m for m in model.refine if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels % 8 == 0
+    assert not any(isinstance(m, torch.nn.PixelUnshuffle) for m in model.modules())
+
 
 def _resnet18_state(in_channels: int) -> dict[str, torch.Tensor]:
     from maskdepth.models.seed_resunet import ResNet18Encoder

@@ -2,13 +2,17 @@
 
 - Early fusion: bg, image, their difference and its magnitude (12 channels) enter one encoder, so the very first
   convolution already compares the two captures (the seeds fuse after separate branches or not at all).
-- Most compute at low resolution: a pixel-unshuffle stem goes straight to 1/4 (space-to-depth loses nothing),
-  then residual stages at 1/4, 1/8, 1/16, 1/32 (for four `depths`).
+- Most compute at low resolution: a patch stem (a linear 4x4 stride-4 conv, i.e. a learned space-to-depth, then a
+  3x3 conv) goes straight to 1/4, then residual stages at 1/4, 1/8, 1/16, 1/32 (for four `depths`). A strided conv
+  rather than pixel-unshuffle: ONNX Runtime runs the 6-D transpose of an unshuffle slower than the whole stem conv.
+- Global context: the deepest features, averaged over the image, are added back everywhere, so every pixel sees
+  image-wide cues (room size, camera height) that set the depth scale.
 - Decoder: top-down, bilinear x2 upsampling + lateral 1x1 skips + 3x3 conv (no transposed conv, no pixel
   shuffle: no checkerboard), shared by mask and depth; a small head for each at 1/4.
-- Full-resolution refinement: a few cheap convs on the full-size fused inputs, the upsampled coarse outputs and a
-  thin upsampled feature map add a residual to the coarse logits, so edges follow the image, not the 1/4 grid.
-  Its last conv starts at zero: training begins from the smooth coarse prediction.
+- Full-resolution refinement: cheap convs (1x1 then two 3x3) on the full-size fused inputs, the upsampled coarse
+  outputs and a thin upsampled feature map add a residual to the coarse logits, so edges follow the image, not
+  the 1/4 grid. The thin map's width makes the concatenation a multiple of 8 channels (ONNX Runtime's blocked
+  conv layout needs it). Its last conv starts at zero: training begins from the smooth coarse prediction.
 
 Norm: BatchNorm by default (fast, folds into the conv for inference; in eval mode it does not depend on the batch,
 so batch-1 prediction is exact; under DDP convert with SyncBatchNorm when per-GPU batches are tiny), or
@@ -75,7 +79,9 @@ class MaskDepthModel(MaskDepthNet):
         ref = max(8, width // 2)  # refinement channels at full resolution
         self.stride = 4 * 2 ** (len(depths) - 1)
 
-        self.stem = nn.Sequential(nn.PixelUnshuffle(4), _conv_norm_act(FUSED_CHANNELS * 16, width, norm))
+        patch = 2 * width  # channels of the learned space-to-depth (an unshuffle would give 12 * 16 = 192)
+        self.stem = nn.Sequential(nn.Conv2d(FUSED_CHANNELS, patch, 4, stride=4),
+                                  _conv_norm_act(patch, width, norm))
         self.stages = nn.ModuleList()
         for i, (c, d) in enumerate(zip(widths, depths)):
             down = [_conv_norm_act(widths[i - 1], c, norm, stride=2)] if i else []
@@ -85,9 +91,11 @@ class MaskDepthModel(MaskDepthNet):
         self.smooth = nn.ModuleList(_conv_norm_act(dec, dec, norm) for _ in widths[:-1])
         self.mask_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
         self.depth_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
-        self.refine_proj = nn.Conv2d(dec, ref, 1)
+        self.context = nn.Conv2d(widths[-1], widths[-1], 1)
+        refine_in = -(-(ref + FUSED_CHANNELS + 2) // 8) * 8
+        self.refine_proj = nn.Conv2d(dec, refine_in - FUSED_CHANNELS - 2, 1)
         self.refine = nn.Sequential(
-            nn.Conv2d(ref + FUSED_CHANNELS + 2, ref, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(refine_in, ref, 1), nn.ReLU(inplace=True),
             nn.Conv2d(ref, ref, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(ref, 2, 3, padding=1),
         )
@@ -102,6 +110,7 @@ class MaskDepthModel(MaskDepthNet):
         for stage in self.stages:
             x = stage(x)
             feats.append(x)
+        feats[-1] = x + self.context(x.mean(dim=(2, 3), keepdim=True))
         top = self.laterals[-1](feats[-1])
         for i in range(len(feats) - 2, -1, -1):
             top = self.smooth[i](_up(top, 2) + self.laterals[i](feats[i]))
@@ -111,8 +120,8 @@ class MaskDepthModel(MaskDepthNet):
         return out[:, :1], out[:, 1:]
 
 
-@register("maskdepth", "default: early fusion, 1/4 pixel-unshuffle stem, residual encoder to 1/32, bilinear "
-                       "decoder, full-res refinement")
+@register("maskdepth", "default: early fusion, 1/4 patch stem, residual encoder to 1/32 with global context, "
+                       "bilinear decoder, full-res refinement")
 def maskdepth(width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
               depth_max: float = 10.0) -> MaskDepthModel:
     return MaskDepthModel(width, depths, norm, depth_max)
