@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +36,34 @@ def make_card_dataset(out: Path) -> Path:
     return out
 
 
+def _training_data(run: Path) -> dict:
+    """What the run trained on: the dataset's own record of the command that made it."""
+    data_dir = tomllib.loads((run / "config.toml").read_text())["data"]["dir"]
+    meta = json.loads((ROOT / data_dir / "metadata.json").read_text())
+    return {"kind": "procedural rooms and cutouts (maskdepth data make)",
+            "command": meta["command"].replace(" OUT ", f" {data_dir} ", 1), "counts": meta["counts"]}
+
+
+def _training_summary(run: Path, run_info: dict) -> dict:
+    """Steps, batch, sizes and wall-clock time of the run, read from its metrics.jsonl and run.json."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("split") == "train"]
+    sizes = list(dict.fromkeys(r["size"] for r in train))
+    out = {"steps": max((r["step"] for r in records), default=0), "sizes": sizes}
+    if (run / "config.toml").is_file():
+        out["batch_size"] = tomllib.loads((run / "config.toml").read_text())["train"]["batch_size"]
+    if run_info.get("started") and (run / "last.safetensors").is_file():
+        started = dt.datetime.fromisoformat(run_info["started"])
+        ended = dt.datetime.fromtimestamp((run / "last.safetensors").stat().st_mtime, dt.UTC)
+        out["wall_clock_min"] = round((ended - started).total_seconds() / 60, 1)
+    return out
+
+
 def main() -> int:
     from maskdepth import __version__
     from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint, save_checkpoint
     from maskdepth.evaluate import evaluate_checkpoint
+    from maskdepth.fileio import atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ckpt")
@@ -53,7 +78,7 @@ def main() -> int:
                                                                                    "format_version")})
     with tempfile.TemporaryDirectory() as tmp:
         record, _ = evaluate_checkpoint(weights, make_card_dataset(Path(tmp) / "card"), "test",
-                                        size=CARD_EVAL["size"], workers=2, progress=False)
+                                        size=CARD_EVAL["size"], workers=2, progress=False, aligned=True)
     run_info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     card = {
         "model": header["model"],
@@ -62,17 +87,10 @@ def main() -> int:
         "file": "default.safetensors",
         "depth": header.get("depth"),
         "train_size": header.get("train_size"),
-        "data": {"kind": "procedural rooms and cutouts (maskdepth data make)",
-                 "command": "maskdepth data make data/default-train --size 128 --backgrounds 100 "
-                            "--foregrounds 50 --per-pair 4 --seed 1"},
+        "data": _training_data(run),
         "recipe": {"config": "configs/default-weights.toml",
-                   "commands": [
-                       "maskdepth train --config configs/default-weights.toml --out runs/default-weights",
-                       "maskdepth train --config configs/default-weights.toml --out runs/default-weights-2 "
-                       "--init runs/default-weights/last.safetensors --set train.resize=[] --set train.epochs=3 "
-                       "--set schedule.name=\"cosine\" --set schedule.warmup_steps=50 --lr 1.5e-3"],
-                   "steps": "1600 (64x64 then 96x96, batch 24) + 1200 (96x96, batch 24)",
-                   "wall_clock": "about 45 + 20 minutes on 2 CPU cores"},
+                   "command": "maskdepth train --config configs/default-weights.toml --out runs/default-weights",
+                   **_training_summary(run, run_info)},
         "evaluation": {"what": "freshly generated procedural test set (unseen rooms and cutouts)",
                        "dataset": CARD_EVAL, "samples": record["samples"],
                        "metrics": {k: round(v, 4) for k, v in record["metrics"].items()}},
@@ -80,10 +98,11 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU ({platform.system()})",
         "versions": {"maskdepth": __version__, **run_info.get("versions", {})},
     }
-    (WEIGHTS / "default.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(WEIGHTS / "default.json", json.dumps(card, indent=2) + "\n")
     m = card["evaluation"]["metrics"]
     print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) and default.json: mask IoU "
-          f"{m['mask_iou']:.3f}, depth delta1 {m['depth_delta1']:.3f}, AbsRel {m['depth_absrel']:.3f}")
+          f"{m['mask_iou']:.3f}, depth delta1 {m['depth_delta1']:.3f} (aligned {m['aligned_depth_delta1']:.3f}), "
+          f"AbsRel {m['depth_absrel']:.3f}")
     return 0
 
 
