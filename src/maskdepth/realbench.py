@@ -1,0 +1,180 @@
+"""The real-photo benchmark: fixed capture conditions, the differencing baseline, and scoring beside it.
+
+A user with a fixed camera judges a model on their own pictures, taken again later: the camera nudged, the light
+changed, the files JPEG-compressed. Composites of real background photos and real cutouts (made by
+`maskdepth data make --bg-dir --fg-dir`) are scored under seeded capture conditions applied to the bg input:
+
+- `aligned`:  the same pose; the bg re-exposed by up to 6% with sensor noise (sigma 2/255)
+- `shifted`:  aligned, plus the bg moved 1-3 px in a random direction and rotated by up to 0.5 degrees
+- `exposure`: aligned, plus exposure and per-channel white balance each changed by up to 15%
+- `jpeg`:     aligned, then both pictures re-encoded as JPEG at quality 70
+
+Every model figure stands beside the differencing baseline, max over channels of |image - bg| above the best
+fixed threshold for that condition (chosen on the same data, so it is the baseline's best case): what a user has
+without maskdepth. Masks are scored by the project's one set of metrics (metrics.py).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
+from PIL import Image
+
+from maskdepth.data.loader import make_loader
+from maskdepth.metrics import Metrics
+
+CONDITIONS = ("aligned", "shifted", "exposure", "jpeg")
+ALIGNED_GAIN = 0.06
+NOISE_SIGMA = 2 / 255
+SHIFT_PX = (1.0, 3.0)
+ROTATION_DEG = 0.5
+COLOUR_CHANGE = 0.15
+JPEG_QUALITY = 70
+MASK_KEYS = ("mask_iou", "mask_iou_per_image", "mask_boundary_f", "mask_precision", "mask_recall")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One benchmark sample: uint8 (H,W,3) pictures and the true mask (H,W) float32 in [0,1]."""
+
+    bg: np.ndarray
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def _condition_seed(seed: int, condition: str) -> np.random.Generator:
+    return np.random.default_rng([seed, CONDITIONS.index(condition)])
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def _move(bg: np.ndarray, shift: tuple[float, float], angle_deg: float) -> np.ndarray:
+    """bg translated by `shift` (x, y) pixels and rotated by `angle_deg` about its centre (bilinear, border
+    pixels repeated), as a nudged camera sees it."""
+    h, w = bg.shape[:2]
+    x = torch.from_numpy(bg).permute(2, 0, 1)[None].float()
+    centre = torch.tensor([[(w - 1) / 2, (h - 1) / 2]])
+    m = get_rotation_matrix2d(centre, torch.tensor([float(angle_deg)]), torch.ones(1, 2))
+    m[:, :, 2] += torch.tensor([shift])
+    out = warp_affine(x, m, (h, w), mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
+def apply_condition(pair: Pair, condition: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(bg, image) as uint8 arrays under `condition`, drawing from `rng` (the same draws for the same rng)."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition '{condition}'; known: {', '.join(CONDITIONS)}")
+    bg, image = pair.bg, pair.image
+    gain = 1 + rng.uniform(-ALIGNED_GAIN, ALIGNED_GAIN)
+    gains = np.full(3, gain)
+    if condition == "exposure":
+        gains = gains * (1 + rng.uniform(-COLOUR_CHANGE, COLOUR_CHANGE)) * (
+            1 + rng.uniform(-COLOUR_CHANGE, COLOUR_CHANGE, size=3))
+    if condition == "shifted":
+        r = rng.uniform(*SHIFT_PX)
+        a = rng.uniform(0, 2 * math.pi)
+        bg = _move(bg, (r * math.cos(a), r * math.sin(a)), rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+    noise = rng.normal(0.0, NOISE_SIGMA * 255, size=bg.shape)
+    bg = np.clip(bg.astype(np.float64) * gains + noise, 0, 255).round().astype(np.uint8)
+    if condition == "jpeg":
+        bg, image = _jpeg(bg, JPEG_QUALITY), _jpeg(image, JPEG_QUALITY)
+    return bg, image
+
+
+def conditioned_pairs(pairs: list[Pair], condition: str, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every pair under `condition`, seeded by (seed, condition) only, so figures are reproducible."""
+    rng = _condition_seed(seed, condition)
+    for pair in pairs:
+        yield apply_condition(pair, condition, rng)
+
+
+def difference_score(bg: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """(H,W) uint8: the differencing baseline's score, max over channels of |image - bg|."""
+    return np.abs(image.astype(np.int16) - bg.astype(np.int16)).max(axis=2).astype(np.uint8)
+
+
+def best_threshold(scores: list[np.ndarray], masks: list[np.ndarray]) -> int:
+    """The fixed threshold t (score >= t is foreground) with the best whole-set IoU against mask > 0.5."""
+    pos = np.zeros(256, np.int64)
+    neg = np.zeros(256, np.int64)
+    for s, m in zip(scores, masks):
+        fg = m > 0.5
+        pos += np.bincount(s[fg], minlength=256)
+        neg += np.bincount(s[~fg], minlength=256)
+    tp = np.cumsum(pos[::-1])[::-1]  # tp[t]: positives with score >= t
+    fp = np.cumsum(neg[::-1])[::-1]
+    iou = tp / np.maximum(tp + fp + (pos.sum() - tp), 1)
+    return int(np.argmax(iou[1:]) + 1)  # t = 0 would claim every pixel
+
+
+class MaskScore:
+    """Whole-set and per-image mask metrics of binary or probability masks, through metrics.Metrics."""
+
+    def __init__(self):
+        self._m = Metrics(depth_max=1.0)
+
+    def add(self, prob: np.ndarray, mask: np.ndarray) -> None:
+        p = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
+        t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        zeros = torch.zeros_like(t)
+        self._m.update(torch.logit(p, eps=1e-6), zeros, {"mask": t, "depth": zeros, "depth_valid": zeros})
+
+    def result(self) -> dict[str, float]:
+        out = self._m.compute()
+        return {k: round(out[k], 4) for k in MASK_KEYS}
+
+
+def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0,
+                    batch_size: int = 16) -> dict:
+    """The model (a predict.Predictor, run with its own settings) and the differencing baseline on `pairs` under
+    `condition`: {"model": metrics, "baseline": metrics + threshold, "margin": model - baseline IoU}."""
+    model, diffs, bgs, images = MaskScore(), [], [], []
+    masks = [p.mask for p in pairs]
+
+    def flush(lo: int) -> None:
+        for pred, m in zip(predictor.predict_arrays(bgs, images), masks[lo:lo + len(images)]):
+            model.add(pred.mask_prob, m)
+        bgs.clear()
+        images.clear()
+
+    for i, (bg, image) in enumerate(conditioned_pairs(pairs, condition, seed)):
+        diffs.append(difference_score(bg, image))
+        bgs.append(bg)
+        images.append(image)
+        if len(images) == batch_size:
+            flush(i + 1 - batch_size)
+    if images:
+        flush(len(pairs) - len(images))
+    t = best_threshold(diffs, masks)
+    baseline = MaskScore()
+    for s, m in zip(diffs, masks):
+        baseline.add((s >= t).astype(np.float32), m)
+    out = {"model": model.result(), "baseline": {**baseline.result(), "threshold": t}}
+    out["margin_iou"] = round(out["model"]["mask_iou"] - out["baseline"]["mask_iou"], 4)
+    return out
+
+
+def load_pairs(data_dir: str | os.PathLike, limit: int | None = None) -> list[Pair]:
+    """Every sample of a dataset as uint8 Pairs (the bg as stored: the conditions make its capture)."""
+    pairs: list[Pair] = []
+    for batch in make_loader(data_dir, "train", 32, None, train=False, workers=0):
+        for bg, image, mask in zip(batch["bg"], batch["image"], batch["mask"]):
+            pairs.append(Pair(bg=_to_uint8(bg), image=_to_uint8(image), mask=mask[0].numpy()))
+            if limit is not None and len(pairs) >= limit:
+                return pairs
+    return pairs
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy()

@@ -1,0 +1,68 @@
+"""The real-photo benchmark's parts on synthetic pictures: capture conditions, the differencing baseline's best
+threshold, and scoring through the project's metrics (the real photos themselves are never needed here)."""
+
+import numpy as np
+import pytest
+
+from maskdepth.realbench import (
+    CONDITIONS,
+    MaskScore,
+    Pair,
+    apply_condition,
+    best_threshold,
+    conditioned_pairs,
+    difference_score,
+)
+
+
+def _pair(seed=0, size=48):
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    image = bg.copy()
+    mask = np.zeros((size, size), np.float32)
+    mask[10:30, 15:35] = 1
+    image[mask > 0] = 255 - image[mask > 0]
+    return Pair(bg=bg, image=image, mask=mask)
+
+
+def test_conditions_are_seeded_and_differ():
+    pairs = [_pair(i) for i in range(3)]
+    for cond in CONDITIONS:
+        a = list(conditioned_pairs(pairs, cond, seed=1))
+        b = list(conditioned_pairs(pairs, cond, seed=1))
+        assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    aligned = list(conditioned_pairs(pairs, "aligned"))
+    shifted = list(conditioned_pairs(pairs, "shifted"))
+    # the nudged camera moves the bg far more than re-exposure and noise do
+
+    def err(got):
+        return np.mean([np.abs(g[0].astype(float) - p.bg).mean() for g, p in zip(got, pairs)])
+
+    assert err(shifted) > 3 * err(aligned)
+    with pytest.raises(ValueError):
+        apply_condition(pairs[0], "nope", np.random.default_rng(0))
+
+
+def test_jpeg_condition_touches_both_pictures():
+    pair = _pair()
+    bg, image = apply_condition(pair, "jpeg", np.random.default_rng(0))
+    assert not np.array_equal(image, pair.image)
+    assert bg.shape == image.shape == pair.image.shape and bg.dtype == np.uint8
+
+
+def test_best_threshold_separates_and_scores_perfectly():
+    mask = np.zeros((20, 20), np.float32)
+    mask[5:10, 5:10] = 1
+    score = np.where(mask > 0, 90, 20).astype(np.uint8)
+    t = best_threshold([score], [mask])
+    assert 20 < t <= 90
+    s = MaskScore()
+    s.add((score >= t).astype(np.float32), mask)
+    assert s.result()["mask_iou"] == 1.0
+
+
+def test_difference_score_is_max_over_channels():
+    bg = np.zeros((2, 2, 3), np.uint8)
+    image = bg.copy()
+    image[0, 0] = (10, 200, 30)
+    assert difference_score(bg, image)[0, 0] == 200 and difference_score(image, bg)[0, 0] == 200
