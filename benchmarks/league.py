@@ -9,6 +9,12 @@ Fairness: the same dataset, seed, batch size, optimizer (AdamW, OneCycle) and lo
 model's schedule spans the steps it can do in the budget, estimated from a short timing of its training step
 (so a slow model is not cut off in the middle of its warm-up); the budget is also a hard stop. Ranked by
 score = (mask IoU + depth delta<1.25) / 2 on the test split.
+
+Where real photos are at hand (--real-bg-dir / --real-fg-dir, by default ../shared/realsets/fg_bg_dataset when it
+exists), every model is also scored on the real-photo benchmark (benchmarks/real_photos.py) at its composites'
+own size, beside the differencing baseline: `--real-pairs` composites under each of `--real-conditions`.
+`--steps N` trains every model for N steps instead of a time budget (fair on a machine shared with other work),
+and `--set section.key=value` changes the training config of every model alike (e.g. capture.shift_px=3).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from pathlib import Path
 import torch
 
 from maskdepth import __version__
+from maskdepth.predict import load_model
+from maskdepth.realbench import CONDITIONS, load_pairs, score_condition
+from real_photos import REALSET, make_pairs_dataset
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -50,6 +59,15 @@ def make_data(out: Path, p: dict, seed: int) -> Path:
     return path
 
 
+def real_pairs(args, work: Path) -> list:
+    """The real-photo benchmark's composites, or [] where there are no real photos (or --real-pairs 0)."""
+    if not args.real_pairs or not (args.real_bg_dir.is_dir() and args.real_fg_dir.is_dir()):
+        return []
+    data = make_pairs_dataset(args.real_bg_dir, args.real_fg_dir, work / "real", size=192, backgrounds=30,
+                              cutouts=15, fg_scale="0.35:0.75", seed=args.seed, workers=2)
+    return load_pairs(data, limit=args.real_pairs)
+
+
 def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> float:
     """Training samples per second of model `name` (forward, backward, AdamW): the faster of two steps after a
     warm-up step (the faster, since other work on the machine only ever slows a step down)."""
@@ -72,7 +90,7 @@ def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> 
 
 
 def train_one(name: str, steps: int, data: Path, run: Path, p: dict, args, device: torch.device) -> dict:
-    """Train `name` for `steps` steps or the time budget, whichever ends first."""
+    """Train `name` for `steps` steps or the time budget, whichever ends first (no budget with --steps)."""
     from maskdepth.train.config import load_config
     from maskdepth.train.loop import train
     from maskdepth.train.rundir import read_metrics
@@ -81,9 +99,9 @@ def train_one(name: str, steps: int, data: Path, run: Path, p: dict, args, devic
         "data.dir": str(data), "data.size": p["size"], "data.eval_split": "", "data.workers": p["workers"],
         "model.name": name, "optim.lr": args.lr, "schedule.name": "onecycle",
         "train.steps": steps, "train.batch_size": p["batch_size"], "train.seed": args.seed,
-        "train.time_budget_s": p["budget_s"], "train.device": str(device), "train.log_every": 10,
-        "train.samples": 0,
-    })
+        "train.time_budget_s": 0.0 if args.steps else p["budget_s"], "train.device": str(device),
+        "train.log_every": 10, "train.samples": 0,
+    }, sets=args.set)
     t0 = time.perf_counter()
     train(config, run, force=True, argv=["league"])
     wall = time.perf_counter() - t0
@@ -111,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, help="loader worker processes (overrides the profile)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, help="train every model this many steps (no time budget)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="training config override for every model (repeatable)")
+    ap.add_argument("--real-bg-dir", type=Path, default=REALSET / "bg", help="real background photos")
+    ap.add_argument("--real-fg-dir", type=Path, default=REALSET / "fg", help="real RGBA cutouts")
+    ap.add_argument("--real-pairs", type=int, default=300, help="real composites scored (0: none)")
+    ap.add_argument("--real-conditions", nargs="+", choices=CONDITIONS, default=["aligned", "shifted"])
     ap.add_argument("--out", type=Path, help="JSON to write (default results/league.json for --cpu, "
                     "league-gpu.json, league-quick.json); the Markdown table goes beside it")
     args = ap.parse_args(argv)
@@ -135,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     # process's one-time costs (lazy imports, first kernels of the loss)
     if device.type == "cpu":  # timed with the threads training will use
         torch.set_num_threads(cpu_threads_beside(p["workers"]))
-    steps = {name: max(10, int(p["budget_s"] * sample_rate(name, p["size"], p["batch_size"], device)
-                               / p["batch_size"])) for name in args.models}
+    steps = {name: args.steps or max(10, int(p["budget_s"] * sample_rate(name, p["size"], p["batch_size"], device)
+                                             / p["batch_size"])) for name in args.models}
+    real = real_pairs(args, work)
     train_one("maskdepth-small", 2, data, work / "runs" / "warm-up", {**p, "budget_s": 0.0}, args, device)
     rows = []
     for name in args.models:
@@ -152,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         m = record["metrics"]
         row["metrics"] = m
         row["score"] = (m["mask_iou"] + m["depth_delta1"]) / 2
+        if real:
+            predictor = load_model(run / "last.safetensors", device, native=True)
+            row["real"] = {c: score_condition(predictor, real, c, seed=args.seed) for c in args.real_conditions}
         rows.append(row)
     rows.sort(key=lambda r: r["score"], reverse=True)
     result = {
@@ -180,6 +209,17 @@ def markdown(result: dict) -> str:
         lines.append(f"| {i} | {r['model']} | {r['params'] / 1e6:.2f} M | {r['samples_per_s']:.1f} | {r['steps']} "
                      f"| {r['score']:.3f} | {m['mask_iou']:.3f} | {m['depth_rmse']:.3f} | {m['depth_delta1']:.3f} "
                      f"| {m['depth_absrel']:.3f} |")
+    real = [r for r in result["ranking"] if r.get("real")]
+    if real:
+        conds = list(real[0]["real"])
+        lines += ["", "Real photos (mask IoU at the composites' size; differencing baseline at its best fixed "
+                      "threshold):", "",
+                  "| model | " + " | ".join(f"{c} | {c} differencing" for c in conds) + " |",
+                  "| --- |" + " ---: |" * (2 * len(conds))]
+        for r in real:
+            cells = [f"{r['real'][c]['model']['mask_iou']:.3f} | {r['real'][c]['baseline']['mask_iou']:.3f}"
+                     for c in conds]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

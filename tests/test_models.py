@@ -53,7 +53,7 @@ def test_forward_backward_at_odd_size(name):
     torch.manual_seed(0)
     model = create_model(name, depth_max=3.0).train()
     # the seeds and the large preset are slow on a CPU: a smaller odd size for them
-    shape = (2, 3, 97, 131) if name in ("maskdepth", "maskdepth-small") else (2, 3, 45, 67)
+    shape = (2, 3, 97, 131) if name in ("maskdepth", "maskdepth-small", "maskdepth-siamese") else (2, 3, 45, 67)
     bg, image = torch.rand(shape), torch.rand(shape)
     mask_logits, depth = model(bg, image)
     assert mask_logits.shape == depth.shape == (shape[0], 1, *shape[2:])
@@ -154,7 +154,7 @@ def test_default_model_exports_to_onnx_with_dynamic_size(tmp_path):
     assert all(len(perm) <= 4 for perm in perms), perms
 
 
-@pytest.mark.parametrize("name", ["maskdepth", "maskdepth-small", "maskdepth-large"])
+@pytest.mark.parametrize("name", ["maskdepth", "maskdepth-small", "maskdepth-large", "maskdepth-siamese"])
 def test_default_design_full_resolution_convs_take_multiples_of_8_channels(name):
     model = create_model(name)
     first = next(m for m in model.refine if isinstance(m, torch.nn.Conv2d))
@@ -222,3 +222,32 @@ def test_models_command_prints_table_and_json(capsys):
 def test_models_command_refuses_a_bad_size(capsys):
     assert main(["models", "--size", "2"]) == 2
     assert "--size 2: out of range" in capsys.readouterr().err
+
+
+def test_tolerant_difference_forgives_a_small_shift_but_not_a_new_object():
+    from maskdepth.models.maskdepth_net import _tolerant_difference
+
+    torch.manual_seed(0)
+    bg = torch.rand(1, 3, 32, 32)
+    shifted = torch.roll(bg, shifts=(1, -2), dims=(2, 3))
+    d = _tolerant_difference(bg, shifted, 2)[..., 4:-4, 4:-4]  # away from the border the shift is explained
+    assert d.abs().max() < 1e-6 and (shifted - bg).abs().amax(1)[..., 4:-4, 4:-4].mean() > 0.1
+    image = bg.clone()
+    image[..., 10:20, 10:20] = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    assert _tolerant_difference(bg, image, 2)[..., 12:18, 12:18].min() > 0.05
+
+
+def test_siamese_design_exports_with_dynamic_size(tmp_path):
+    import onnxruntime as ort
+
+    from maskdepth.export import export_onnx
+
+    model = create_model("maskdepth-siamese", width=8, depths=(1, 1)).eval()
+    path = tmp_path / "s.onnx"
+    export_onnx(model, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    bg, image = torch.rand(1, 3, 40, 56), torch.rand(1, 3, 40, 56)
+    got = sess.run(None, {"bg": bg.numpy(), "image": image.numpy()})
+    want = model(bg, image)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)

@@ -14,6 +14,16 @@
   the 1/4 grid. The thin map's width makes the concatenation a multiple of 8 channels (ONNX Runtime's blocked
   conv layout needs it). Its last conv starts at zero: training begins from the smooth coarse prediction.
 
+Comparing the two captures where a camera was nudged or the light changed (`siamese`, `tolerance`; both off in the
+first designs, on in `maskdepth-siamese`):
+- `siamese`: one shared patch embedding of bg and of image (the same weights, one call on both) at 1/4; their
+  features and the magnitude of their difference join the early-fusion stem. Features of 4x4 patches through a
+  3x3 conv see about 12 px, so their difference tolerates a shift of a few pixels and a change of exposure that
+  a pixel difference does not.
+- `tolerance` r: a shift-tolerant pixel difference, min over offsets |dx|, |dy| <= r of max over colours
+  |image(x) - bg(x + d)|, computed at 1/2 resolution (so r covers 2r px) and fed as one more fused channel: what
+  a nudged camera changes can be explained by a small shift of bg, a foreground cannot.
+
 Norm: BatchNorm by default (fast, folds into the conv for inference; in eval mode it does not depend on the batch,
 so batch-1 prediction is exact; under DDP convert with SyncBatchNorm when per-GPU batches are tiny), or
 GroupNorm (`norm="group"`: batch-independent in training too). ReLU, static control flow, only ops that ONNX
@@ -32,7 +42,7 @@ from torch import nn
 from maskdepth.models.base import MaskDepthNet
 from maskdepth.models.registry import register
 
-FUSED_CHANNELS = 12  # bg, image, image - bg, |image - bg|
+FUSED_CHANNELS = 12  # bg, image, image - bg, |image - bg| (+1 with `tolerance`: the shift-tolerant difference)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -63,25 +73,46 @@ def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
 
 
+def _tolerant_difference(bg: torch.Tensor, image: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N,1,H,W): min over offsets |dx|, |dy| <= radius of max over channels |image(x) - bg(x + d)|; bg's border
+    repeated. Static slices only, so it exports with dynamic H and W."""
+    h, w = image.shape[-2:]
+    padded = F.pad(bg, (radius, radius, radius, radius), mode="replicate")
+    best = None
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            d = (image - padded[..., dy:dy + h, dx:dx + w]).abs().amax(dim=1, keepdim=True)
+            best = d if best is None else torch.minimum(best, d)
+    return best
+
+
 class MaskDepthModel(MaskDepthNet):
     """`width`: channels at 1/4 (doubling per stage); `depths`: residual blocks per stage (1/4, 1/8, ...)."""
 
     def __init__(self, width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
-                 depth_max: float = 10.0):
+                 depth_max: float = 10.0, siamese: bool = False, tolerance: int = 0):
         super().__init__(depth_max)
         depths = [int(d) for d in depths]
         if width < 8 or not 1 <= len(depths) <= 5 or min(depths) < 1:
             raise ValueError(f"need width >= 8 and 1-5 stages of >= 1 block, got width={width}, depths={depths}")
         if norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got '{norm}'")
+        if not 0 <= int(tolerance) <= 4:
+            raise ValueError(f"tolerance must be 0-4 (half-resolution pixels), got {tolerance}")
+        self.siamese, self.tolerance = bool(siamese), int(tolerance)
+        fused_channels = FUSED_CHANNELS + (1 if self.tolerance else 0)
         widths = [width * 2**i for i in range(len(depths))]
         dec = 2 * width  # decoder channels
         ref = max(8, width // 2)  # refinement channels at full resolution
         self.stride = 4 * 2 ** (len(depths) - 1)
 
         patch = 2 * width  # channels of the learned space-to-depth (an unshuffle would give 12 * 16 = 192)
-        self.stem = nn.Sequential(nn.Conv2d(FUSED_CHANNELS, patch, 4, stride=4),
+        self.stem = nn.Sequential(nn.Conv2d(fused_channels, patch, 4, stride=4),
                                   _conv_norm_act(patch, width, norm))
+        if self.siamese:
+            self.embed = nn.Sequential(nn.Conv2d(3, patch, 4, stride=4), _conv_norm_act(patch, width, norm))
+            self.merge = nn.Sequential(nn.Conv2d(3 * width, width, 1, bias=False), _norm(norm, width),
+                                       nn.ReLU(inplace=True))
         self.stages = nn.ModuleList()
         for i, (c, d) in enumerate(zip(widths, depths)):
             down = [_conv_norm_act(widths[i - 1], c, norm, stride=2)] if i else []
@@ -92,8 +123,8 @@ class MaskDepthModel(MaskDepthNet):
         self.mask_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
         self.depth_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
         self.context = nn.Conv2d(widths[-1], widths[-1], 1)
-        refine_in = -(-(ref + FUSED_CHANNELS + 2) // 8) * 8
-        self.refine_proj = nn.Conv2d(dec, refine_in - FUSED_CHANNELS - 2, 1)
+        refine_in = -(-(ref + fused_channels + 2) // 8) * 8
+        self.refine_proj = nn.Conv2d(dec, refine_in - fused_channels - 2, 1)
         self.refine = nn.Sequential(
             nn.Conv2d(refine_in, ref, 1), nn.ReLU(inplace=True),
             nn.Conv2d(ref, ref, 3, padding=1), nn.ReLU(inplace=True),
@@ -104,9 +135,15 @@ class MaskDepthModel(MaskDepthNet):
 
     def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         diff = image - bg
-        fused = torch.cat([bg, image, diff, diff.abs()], dim=1)
+        parts = [bg, image, diff, diff.abs()]
+        if self.tolerance:
+            parts.append(_up(_tolerant_difference(F.avg_pool2d(bg, 2), F.avg_pool2d(image, 2), self.tolerance), 2))
+        fused = torch.cat(parts, dim=1)
         feats = []
         x = self.stem(fused)
+        if self.siamese:
+            fb, fi = self.embed(torch.cat([bg, image], dim=0)).chunk(2, dim=0)
+            x = self.merge(torch.cat([x, fi, (fi - fb).abs()], dim=1))
         for stage in self.stages:
             x = stage(x)
             feats.append(x)
@@ -125,6 +162,13 @@ class MaskDepthModel(MaskDepthNet):
 def maskdepth(width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
               depth_max: float = 10.0) -> MaskDepthModel:
     return MaskDepthModel(width, depths, norm, depth_max)
+
+
+@register("maskdepth-siamese", "default design comparing the captures shift-tolerantly: shared patch embedding "
+                               "of bg and image with feature differences, tolerant pixel difference")
+def maskdepth_siamese(width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
+                      depth_max: float = 10.0, siamese: bool = True, tolerance: int = 2) -> MaskDepthModel:
+    return MaskDepthModel(width, depths, norm, depth_max, siamese, tolerance)
 
 
 @register("maskdepth-small", "default design, narrow: for CPU training and prediction")
