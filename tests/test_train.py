@@ -335,3 +335,22 @@ def test_cli_refuses_to_overwrite(dataset, tmp_path, capsys):
     assert cli(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a maskdepth training run" in capsys.readouterr().err
     assert open_existing(run).data.size == 24
+
+
+def test_generated_batches_are_augmented_on_the_cpu_and_resume_exactly():
+    from maskdepth.train.dist import Place
+
+    def batches(augment: bool, start: int = 0, n: int = 3):
+        c = load_config(None, overrides={**BASE, "data.generator": "procedural", "data.gen_backgrounds": 2,
+                                         "data.gen_cutouts": 3, "data.augment": augment})
+        data = train_data.TrainData(c, Place(torch.device("cpu"), 0, 1, 0))
+        data.load_state_dict({"seed": data.generator.seed, "step": start})
+        stream = data.epoch(0, 24, 4, 0)
+        return [next(stream) for _ in range(n)]
+
+    plain, augmented, resumed = batches(False), batches(True), batches(True, start=1, n=2)
+    assert augmented[0]["image"].shape == (4, 3, 24, 24)
+    assert not torch.equal(plain[0]["image"], augmented[0]["image"])  # crops and light changes happened
+    assert plain[0]["mask"].sum() > 0
+    for a, b in zip(augmented[1:], resumed):  # from the generator's position alone, the same crops again
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,8 @@ from maskdepth.train.dist import Place
 Batch = dict[str, torch.Tensor]
 # seed offset of the held-out generator stream (evaluation without a dataset)
 EVAL_SEED_OFFSET = 1_000_003
+# seed stream of the joint augmentation of generated batches (beside data/banks.py's streams)
+AUGMENT_STREAM = 101
 
 
 def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
@@ -125,11 +127,19 @@ class TrainData:
         return (to_device(batch, self.place.device, self.channels_last) for batch in loader)
 
     def _generated(self, size: int, batch_size: int) -> Iterator[Batch]:
-        from maskdepth.data.augment import resize_batch
+        from maskdepth.data.augment import augment_batch, resize_batch
+        from maskdepth.data.banks import seed_for
 
+        # Joint augmentation (crops: other scales and framings) works sample by sample, which suits the host; on
+        # a GPU the generator's own variety stands alone, so that nothing there waits on per-sample work.
+        augment = self._augment() if self.generator.device.type == "cpu" else None
         while True:
+            step = self.generator.step
             batch = self.generator.next_batch(batch_size)
-            if batch["image"].shape[-1] != size:  # progressive resizing: the banks stay at data.size
+            if augment is not None:  # seeded by the generator's position, so a resumed run draws the same crops
+                gen = torch.Generator().manual_seed(seed_for(self.generator.seed, AUGMENT_STREAM, step))
+                batch = augment_batch(batch, augment, size, gen)
+            elif batch["image"].shape[-1] != size:  # progressive resizing: the banks stay at data.size
                 batch = resize_batch(batch, size)
             yield to_device(batch, self.place.device, self.channels_last)
 
