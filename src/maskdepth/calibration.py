@@ -135,15 +135,13 @@ def fit_floor(depth: np.ndarray, focal: float, seed: int = 0) -> FloorFit:
 
 
 def distance_scales(depth: np.ndarray, focal: float, distances: list[Distance]) -> np.ndarray:
-    """Scale (metres per depth unit) each known distance gives: metres / the model's ray length at its pixel
-    (median of the 3x3 neighbourhood, robust to a pixel on an edge)."""
+    """Scale (metres per depth unit) each known distance gives: metres / the model's ray length at its pixel."""
     h, w = depth.shape
     out = []
     for d in distances:
-        patch = depth[max(d.y - 1, 0):d.y + 2, max(d.x - 1, 0):d.x + 2]
         a = (d.x + 0.5 - w / 2) / focal
         b = (d.y + 0.5 - h / 2) / focal
-        out.append(d.metres / (float(np.median(patch)) * math.sqrt(1 + a * a + b * b)))
+        out.append(d.metres / (float(depth[d.y, d.x]) * math.sqrt(1 + a * a + b * b)))
     return np.asarray(out)
 
 
