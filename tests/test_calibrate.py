@@ -82,6 +82,26 @@ def test_scale_solves_exactly_from_the_height_or_one_distance():
     assert both.residuals["best_fit_vfov_deg"] == pytest.approx(math.degrees(params.vfov), abs=3.0)
 
 
+def test_measured_tilt_fixes_the_floor_so_a_tilted_model_floor_does_not_bias_the_scale():
+    params, bg = room(5)
+    pitch = math.degrees(params.pitch)
+    prof = profile_from_depth(bg.depth * np.float32(0.5), bg.focal_px, camera_height=params.cam_height, tilt=pitch)
+    assert prof.depth_scale == pytest.approx(2.0, rel=1e-3)
+    assert float(np.dot(prof.floor_normal, true_up(params))) == pytest.approx(1.0, abs=1e-6)
+    assert prof.residuals["floor_tilt_error_deg"] < 0.5
+    # a depth whose floor is warped (far floor stretched) still gets the near-exact median scale; the plane-distance
+    # route is pulled off by the warp
+    warped = (bg.depth * (1 + 0.1 * (bg.depth / bg.depth.max()))).astype(np.float32)
+    by_tilt = profile_from_depth(warped, bg.focal_px, camera_height=params.cam_height, tilt=pitch)
+    by_plane = profile_from_depth(warped, bg.focal_px, camera_height=params.cam_height)
+    best = float(np.median(bg.depth[bg.floor] / warped[bg.floor]))
+    assert abs(by_tilt.depth_scale / best - 1) < abs(by_plane.depth_scale / best - 1)
+    with pytest.raises(UserError, match="goes with --camera-height"):
+        profile_from_depth(bg.depth, bg.focal_px, distances=[Distance(*floor_pixel(bg), 2.0)], tilt=10.0)
+    with pytest.raises(UserError, match="between -30 and 90"):
+        profile_from_depth(bg.depth, bg.focal_px, camera_height=1.5, tilt=120.0)
+
+
 def test_no_floor_in_view_is_refused():
     h, w = 60, 80
     wall = np.full((h, w), 3.0, np.float32)  # a wall facing the camera: no level plane below it
@@ -246,6 +266,7 @@ def test_bad_inputs_and_bad_profiles_are_one_line_and_write_nothing(files, capsy
         (["--camera-height", 1.5, "--fov", 5], "between 10 and 170"),
         (["--distance", "64,10=2"], "outside the 64x48"),
         (["--distance", "10-3"], "X,Y=M"),
+        (["--camera-height", 1.5, "--tilt", -95], "between -30 and 90"),
     ]:
         code, err = run_cli(["calibrate", "--bg", bg, *args, "--out", out], capsys)
         assert code == 2 and match in err and err.count("\n") == 1, err

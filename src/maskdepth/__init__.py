@@ -18,10 +18,12 @@ def load_model(path=None, device=None, camera=None):
     return _load(path, device=device, camera=camera)
 
 
-def calibrate(bg, camera_height=None, distances=None, fov=None, focal_px=None, ckpt=None, out=None, force=False):
-    """Camera profile of a fixed camera from its empty scene and its height in metres or known distances
-    ('X,Y=M': pixel X,Y is M metres away along the ray); see maskdepth.calibration.calibrate."""
+def calibrate(bg, camera_height=None, distances=None, fov=None, focal_px=None, ckpt=None, out=None, force=False,
+              tilt=None):
+    """Camera profile of a fixed camera from its empty scene and its height in metres (with its downward tilt
+    in degrees, if measured) or known distances ('X,Y=M': pixel X,Y is M metres away along the ray); see
+    maskdepth.calibration.calibrate."""
     from maskdepth.calibration import calibrate as _calibrate
 
     return _calibrate(bg, camera_height=camera_height, distances=distances, fov=fov, focal_px=focal_px, ckpt=ckpt,
-                      out=out, force=force)
+                      out=out, force=force, tilt=tilt)

@@ -4,7 +4,10 @@ The model's depth of the empty scene (run on (bg, bg)) is back-projected with th
 in the model's depth unit. The floor is the plane found by RANSAC among planes whose normal is within
 MAX_TILT_DEG of the image's "up" (-y) and that lie below the camera, refined by least squares on its inliers. The
 metric scale then follows from either
-- the camera's height above the floor (metres): scale = height / (the plane's distance from the camera), or
+- the camera's height above the floor (metres): scale = height / (the plane's distance from the camera); with
+  the camera's measured tilt too, the floor plane is known in metres without the model, and the scale is the
+  median over the fitted floor's pixels of (the measured plane's depth / the model's depth), which does not
+  depend on the tilt of the model's floor, or
 - one or more known distances: pixel (X, Y) is M metres from the camera, measured along the ray (a tape from the
   lens to the point, not the z-depth): scale = M / (model ray length at the pixel); several give their median,
   and their disagreement, with the field of view that would reconcile them, is reported.
@@ -34,6 +37,8 @@ MIN_FLOOR_FRACTION = 0.08
 # Inlier residual RMS above this fraction of the camera height: the fit is too poor to give a scale.
 MAX_RMS_FRACTION = 0.05
 RANSAC_ITERS = 400
+# Downward tilt a floor can be seen at: from a little upwards (wide lenses) to straight down.
+TILT_RANGE_DEG = (-30.0, 90.0)
 MAX_POINTS = 20_000
 # Several distances whose scales spread by more than this (max / min - 1) are reported as inconsistent.
 DISTANCE_SPREAD_WARN = 0.05
@@ -154,10 +159,18 @@ def best_fov(depth: np.ndarray, distances: list[Distance]) -> float:
     return float(fovs[int(np.argmin(spread))])
 
 
-def check_inputs(size: tuple[int, int], camera_height: float | None, distances: list[Distance]) -> None:
+def check_inputs(size: tuple[int, int], camera_height: float | None, distances: list[Distance],
+                 tilt: float | None = None) -> None:
     if (camera_height is None) == (not distances):
         raise UserError("give the camera's height (--camera-height M) or known distances (--distance X,Y=M), "
                         "one of the two")
+    if tilt is not None:
+        if camera_height is None:
+            raise UserError("--tilt goes with --camera-height (the two fix the floor plane); drop it or give the "
+                            "height")
+        if not (math.isfinite(tilt) and TILT_RANGE_DEG[0] <= tilt <= TILT_RANGE_DEG[1]):
+            raise UserError(f"--tilt {tilt}: the camera's downward tilt must be between {TILT_RANGE_DEG[0]:g} and "
+                            f"{TILT_RANGE_DEG[1]:g} degrees (0 = level, 90 = straight down)")
     if camera_height is not None and not (math.isfinite(camera_height) and camera_height > 0):
         raise UserError(f"--camera-height {camera_height}: must be a positive height in metres")
     h, w = size
@@ -171,18 +184,34 @@ def check_inputs(size: tuple[int, int], camera_height: float | None, distances: 
 
 def profile_from_depth(depth: np.ndarray, focal: float, camera_height: float | None = None,
                        distances: list[Distance] | None = None, model: str = "", fingerprint: str = "",
-                       source: dict | None = None) -> CameraProfile:
-    """The profile of a camera whose empty-scene depth (model unit) is `depth`: floor fit plus scale solve."""
+                       source: dict | None = None, tilt: float | None = None) -> CameraProfile:
+    """The profile of a camera whose empty-scene depth (model unit) is `depth`: floor fit plus scale solve.
+    `tilt`: the camera's measured downward tilt in degrees (no roll), with `camera_height`."""
     distances = list(distances or [])
     size = (int(depth.shape[0]), int(depth.shape[1]))
-    check_inputs(size, camera_height, distances)
+    check_inputs(size, camera_height, distances, tilt)
     floor = fit_floor(depth, focal)
     residuals = {"floor_inlier_fraction": round(floor.fraction, 4),
                  "floor_rms_relative": round(floor.rms / floor.distance, 5)}
     if floor.rms > MAX_RMS_FRACTION * floor.distance:
         raise UserError(f"the floor fit is poor (residual {floor.rms / floor.distance:.1%} of the camera height); "
                         "calibration needs a flat floor in view; take the bg with more floor showing")
-    if camera_height is not None:
+    normal, height = floor.normal, None
+    if tilt is not None:
+        # the measured floor: level, tilted by `tilt` in camera coordinates; its depth along each floor ray
+        t = math.radians(tilt)
+        normal = np.array([0.0, -math.cos(t), -math.sin(t)])
+        a, b = ray_offsets(depth.shape, focal)
+        down = normal[0] * a + normal[1] * b + normal[2]
+        on = floor.inliers & (down < 0)
+        if on.sum() < 3:
+            raise UserError(f"--tilt {tilt}: with this tilt the floor found in the bg is not below the horizon; "
+                            "check the tilt (degrees down from level)")
+        scale = float(np.median(camera_height / -down[on] / depth[on]))
+        height = camera_height
+        residuals["floor_tilt_error_deg"] = round(math.degrees(math.acos(min(1.0, float(normal @ floor.normal)))),
+                                                  3)
+    elif camera_height is not None:
         scale = camera_height / floor.distance
     else:
         scales = distance_scales(depth, focal, distances)
@@ -195,8 +224,8 @@ def profile_from_depth(depth: np.ndarray, focal: float, camera_height: float | N
     if not (math.isfinite(scale) and scale > 0):
         raise UserError("the measurement gives no valid scale; check --camera-height / --distance")
     return CameraProfile(size=size, focal_px=float(focal), depth_scale=float(scale),
-                         floor_normal=tuple(float(x) for x in floor.normal),
-                         camera_height_m=float(floor.distance * scale), model=model, model_fingerprint=fingerprint,
+                         floor_normal=tuple(float(x) for x in normal),
+                         camera_height_m=float(height if height is not None else floor.distance * scale), model=model, model_fingerprint=fingerprint,
                          residuals=residuals, source=dict(source or {}))
 
 
@@ -215,14 +244,14 @@ def distance_warning(profile: CameraProfile) -> str | None:
 def calibrate(bg: ImageInput, camera_height: float | None = None, distances: list[Distance | str] | None = None,
               fov: float | None = None, focal_px: float | None = None, ckpt: str | os.PathLike | None = None,
               predictor: Predictor | None = None, out: str | os.PathLike | None = None,
-              force: bool = False) -> CameraProfile:
-    """Calibrate a fixed camera from its empty scene `bg` and its height (metres) or known distances
-    (Distance or 'X,Y=M' strings). Uses `predictor`, else the checkpoint `ckpt` (None: the default weights).
+              force: bool = False, tilt: float | None = None) -> CameraProfile:
+    """Calibrate a fixed camera from its empty scene `bg` and its height (metres; with its downward `tilt` in
+    degrees if measured) or known distances (Distance or 'X,Y=M' strings). Uses `predictor`, else the checkpoint `ckpt` (None: the default weights).
     Writes the profile to `out` (atomically; an existing file only with `force`) and returns it."""
     dists = [parse_distance(d) if isinstance(d, str) else d for d in (distances or [])]
     image = to_rgb_array(bg, "bg")
     size = (int(image.shape[0]), int(image.shape[1]))
-    check_inputs(size, camera_height, dists)
+    check_inputs(size, camera_height, dists, tilt)
     focal = focal_from(size, fov, focal_px)
     if out is not None and os.path.exists(out) and not force:
         raise UserError(f"{out}: already exists; pass --force to replace it, or choose another --out")
@@ -232,10 +261,10 @@ def calibrate(bg: ImageInput, camera_height: float | None = None, distances: lis
         raise UserError("calibrate needs the model's own depth; use a predictor without a camera profile")
     depth = empty_scene_depth(predictor, [image])[0]
     source = {"bg": str(bg) if isinstance(bg, (str, os.PathLike)) else "array",
-              "camera_height_m": camera_height, "distances": [[d.x, d.y, d.metres] for d in dists],
+              "camera_height_m": camera_height, "tilt_deg": tilt, "distances": [[d.x, d.y, d.metres] for d in dists],
               "fov_deg": fov, "focal_px_given": focal_px, "distance_kind": "along the ray"}
     profile = profile_from_depth(depth, focal, camera_height, dists, predictor.model_name,
-                                 model_fingerprint(predictor.model), source)
+                                 model_fingerprint(predictor.model), source, tilt)
     if out is not None:
         save_profile(profile, out, force=force)
     return profile

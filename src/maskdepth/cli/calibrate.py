@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """Calibrate a fixed camera once from the picture of its empty scene (BG) and one measurement: the
-camera's height above the floor (--camera-height) or one or more known distances (--distance X,Y=M: the point
+camera's height above the floor (--camera-height, best with its downward --tilt) or one or more known distances (--distance X,Y=M: the point
 seen at pixel column X, row Y is M metres from the camera, measured in a straight line from the lens, i.e. along
 the ray, not the z-depth). The model's depth of the empty scene is fitted with the floor plane; the profile holds
 the image size, the intrinsics (vertical --fov or --focal-px; principal point at the image centre), the metric
@@ -21,6 +21,8 @@ def register(sub) -> None:
     what.add_argument("--camera-height", type=float, metavar="M", help="camera's height above the floor, metres")
     what.add_argument("--distance", action="append", metavar="X,Y=M",
                       help="pixel X,Y is M metres from the camera along the ray; repeat for several")
+    p.add_argument("--tilt", type=float, metavar="DEG",
+                   help="with --camera-height: the camera's measured downward tilt in degrees (0 = level)")
     lens = p.add_mutually_exclusive_group()
     lens.add_argument("--fov", type=float, metavar="DEG", help="vertical field of view in degrees (default: 60)")
     lens.add_argument("--focal-px", type=float, metavar="F", help="focal length in pixels of the bg")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     distances = [parse_distance(d) for d in args.distance or []]
     profile = calibrate(args.bg, camera_height=args.camera_height, distances=distances, fov=args.fov,
-                        focal_px=args.focal_px, ckpt=args.ckpt, out=args.out, force=args.force)
+                        focal_px=args.focal_px, ckpt=args.ckpt, out=args.out, force=args.force, tilt=args.tilt)
     warning = distance_warning(profile)
     if warning:
         print(f"maskdepth: warning: {warning}", file=sys.stderr)
