@@ -307,3 +307,19 @@ def test_profile_is_checked_against_the_size_in_the_api(files):
                          camera_height_m=1.0, model="maskdepth", model_fingerprint="x")
     with pytest.raises(UserError, match="another model"):
         load_model(None, "cpu", camera=prof)
+
+
+def test_depth_bg_is_the_model_on_the_empty_scene_at_the_image_size(tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(ckpt, create_model("maskdepth-small", width=8), {"train_size": [32, 32]})
+    predictor = load_model(ckpt, "cpu")
+    _, bg = room(2, size=(30, 40))
+    frame = bg.image.copy()
+    frame[10:25, 15:22] = 255
+    pred = predictor.predict(bg.image, frame)
+    empty = predictor.predict(bg.image, bg.image)
+    np.testing.assert_allclose(pred.depth_bg, empty.depth, rtol=1e-5)
+    assert pred.objects is None  # regions in metres need a camera profile
+    resized = predictor.predict(bg.image[::2, ::2], frame, resize_bg=True)
+    assert resized.depth_bg.shape == frame.shape[:2]

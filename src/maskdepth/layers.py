@@ -74,6 +74,9 @@ def add_layers(predictor: Predictor, bgs: list[np.ndarray], preds: list[Predicti
     scenes = empty_scene_depth(predictor, bgs)
     profile: CameraProfile | None = predictor.camera
     for pred, scene in zip(preds, scenes):
+        if scene.shape != pred.depth.shape:  # a bg of another size, resampled (resize_bg): its depth likewise
+            scene = F.interpolate(torch.from_numpy(scene)[None, None], size=pred.depth.shape, mode="bilinear",
+                                  align_corners=False)[0, 0].numpy()
         if profile is None:
             pred.depth_bg = scene
             continue
