@@ -54,7 +54,7 @@ def attach_camera(predictor: Predictor, camera: str | os.PathLike | CameraProfil
 def empty_scene_depth(predictor: Predictor, bgs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's own depth (its unit, not scaled) of each empty scene, (H, W) float32: one run per distinct bg,
     remembered across calls for the last few bgs."""
-    cache: dict[str, np.ndarray] = predictor.__dict__.setdefault("_scene_depth_cache", {})
+    cache = predictor.scene_depth_cache
     keys = [hashlib.sha1(np.ascontiguousarray(b).data, usedforsecurity=False).hexdigest() + str(b.shape)
             for b in bgs]
     todo = {k: b for k, b in zip(keys, bgs) if k not in cache}
@@ -160,6 +160,7 @@ def save_layers(pred: Prediction, folder: Path, depth: DepthInfo, camera: Camera
                           "focal_px": camera.focal_px}
         atomic_write_text(folder / "objects.json", json.dumps(
             {"unit": "metres", "contact_depth": "z-depth of the floor contact", "contact_distance":
-             "straight-line distance from the camera to the floor contact", "objects": pred.objects or []},
+             "straight-line distance from the camera to the floor contact", "height":
+             "pixel height x contact depth / focal_px", "objects": pred.objects or []},
             indent=2) + "\n")
     atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")

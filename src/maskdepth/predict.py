@@ -132,6 +132,7 @@ class Predictor:
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
         # a camera profile (camera.json): depth in metres with its one scale, the static scene from the bg
         self.camera: CameraProfile | None = attach_camera(self, camera)
+        self.scene_depth_cache: dict[str, np.ndarray] = {}  # the model's depth of recent empty scenes (layers.py)
 
     @property
     def depth_unit(self) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """Calibrate a fixed camera once from the picture of its empty scene (BG) and one measurement: the
-camera's height above the floor (--camera-height, best with its downward --tilt) or one or more known distances (--distance X,Y=M: the point
-seen at pixel column X, row Y is M metres from the camera, measured in a straight line from the lens, i.e. along
-the ray, not the z-depth). The model's depth of the empty scene is fitted with the floor plane; the profile holds
-the image size, the intrinsics (vertical --fov or --focal-px; principal point at the image centre), the metric
-scale of the model's depth, the floor plane, the model's fingerprint and the fit's residuals. Use it with
-`maskdepth predict --camera camera.json`. Needs a flat floor in view; see docs/calibration.md."""
+camera's height above the floor (--camera-height, best with its downward --tilt) or one or more known distances
+(--distance X,Y=M: the point seen at pixel column X, row Y is M metres from the camera, measured in a straight
+line from the lens, i.e. along the ray, not the z-depth). The model's depth of the empty scene is fitted with the
+floor plane; the profile holds the image size, the intrinsics (vertical --fov or --focal-px; principal point at
+the image centre), the metric scale of the model's depth, the floor plane, the model's fingerprint and the fit's
+residuals. Use it with `maskdepth predict --camera camera.json`. Needs a flat floor in view; see
+docs/calibration.md."""
 
 
 def register(sub) -> None:
