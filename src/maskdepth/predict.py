@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskdepth.camera import CameraProfile
 from maskdepth.errors import UserError
+from maskdepth.layers import LAYER_FILES, add_layers, attach_camera, save_layers
 from maskdepth.progress import Progress
 
 # Working size for a checkpoint whose header does not say what size it was trained at.
@@ -42,6 +44,8 @@ class Prediction:
     depth: np.ndarray  # (H,W) float32 depth of `image`, in `depth_unit`
     depth_unit: str  # "m" for models trained on procedural data, "relative" for teacher or seed depth
     work_size: tuple[int, int]  # (H, W) the model ran at
+    depth_bg: np.ndarray | None = None  # (H,W) float32 depth of the empty scene behind the foreground (layers.py)
+    objects: list[dict[str, Any]] | None = None  # with a camera profile: the foreground's regions in metres
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, header: dict[str, Any] | None = None,
                  device: str | torch.device | None = None, size: int | tuple[int, int] | None = None,
-                 native: bool = False, threshold: float = 0.5, batch_size: int = 8, bf16: bool | None = None):
+                 native: bool = False, threshold: float = 0.5, batch_size: int = 8, bf16: bool | None = None,
+                 camera: str | os.PathLike | CameraProfile | None = None):
         header = header or {}
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -125,6 +130,9 @@ class Predictor:
         self.train_size: tuple[int, int] = (int(ts[0]), int(ts[1])) if ts else DEFAULT_TRAIN_SIZE
         self.size, self.native, self.threshold, self.batch_size = size, native, threshold, max(1, batch_size)
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
+        # a camera profile (camera.json): depth in metres with its one scale, the static scene from the bg
+        self.camera: CameraProfile | None = attach_camera(self, camera)
+        self.scene_depth_cache: dict[str, np.ndarray] = {}  # the model's depth of recent empty scenes (layers.py)
 
     @property
     def depth_unit(self) -> str:
@@ -175,7 +183,7 @@ class Predictor:
         return out
 
     @torch.inference_mode()
-    def _run(self, bgs: list[np.ndarray], images: list[np.ndarray]) -> list[Prediction]:
+    def _run(self, bgs: list[np.ndarray], images: list[np.ndarray], layers: bool = True) -> list[Prediction]:
         h, w = images[0].shape[:2]
         wh, ww = self.work_size(h, w)
         try:
@@ -203,8 +211,11 @@ class Predictor:
                             "or fewer at a time (--batch-size)") from None
         prob_np = prob[:, 0].cpu().numpy()
         depth_np = depth[:, 0].cpu().numpy()
-        return [Prediction(mask_prob=p, mask=p >= self.threshold, depth=d, depth_unit=self.depth.unit,
-                           work_size=(wh, ww)) for p, d in zip(prob_np, depth_np)]
+        preds = [Prediction(mask_prob=p, mask=p >= self.threshold, depth=d, depth_unit=self.depth.unit,
+                            work_size=(wh, ww)) for p, d in zip(prob_np, depth_np)]
+        if layers:
+            add_layers(self, bgs, preds)
+        return preds
 
 
 def _to_tensor(arrays: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -241,7 +252,8 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
                **options: Any) -> Predictor:
     """Load a checkpoint (None: the default weights shipped in the package) for prediction.
 
-    `options` go to Predictor: size, native, threshold, batch_size, bf16.
+    `options` go to Predictor: size, native, threshold, batch_size, bf16, camera (a camera.json path or
+    CameraProfile: depth in metres, see layers.py).
     """
     from maskdepth.checkpoint import load_model_from_checkpoint
 
@@ -278,7 +290,7 @@ def predict_images(modelpath: str | os.PathLike, filepath: str | os.PathLike, bg
 # Files: what `maskdepth predict` reads and writes.
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-OUTPUT_FILES = ("mask.png", "depth.png", "depth.json", "depth_color.png", "overlay.png")
+OUTPUT_FILES = ("mask.png", "depth.png", "depth.json", "depth_color.png", "overlay.png") + LAYER_FILES
 OVERLAY_COLOR = (255, 64, 32)
 
 
@@ -372,4 +384,5 @@ def predict_files(predictor: Predictor, plan: list[tuple[Path, Path, Path]], res
             preds = predictor.predict_arrays(bgs, images, resize_bg, names=[str(p) for _, p, _ in chunk])
             for pred, img, (_, _, folder) in zip(preds, images, chunk):
                 save_prediction(pred, img, folder, predictor.depth, force=True)  # plan_outputs checked
+                save_layers(pred, folder, predictor.depth, predictor.camera)
             bar.update(len(chunk))

@@ -10,7 +10,8 @@ def register(sub) -> None:
         "predict", help="mask and depth for image(s) given the empty scene",
         description="Predict the foreground mask and depth of IMAGE given BG, the picture of the empty scene. "
                     "Writes mask.png (8-bit probability), depth.png (16-bit; depth.json gives unit and scale), "
-                    "depth_color.png and overlay.png. With an image folder: one bg file for all images (fixed "
+                    "depth_color.png, overlay.png and depth_bg.png (the empty scene behind the foreground); "
+                    "with --camera also objects.json. With an image folder: one bg file for all images (fixed "
                     "camera) or a bg folder matched by file name; outputs go to OUT/<image name>/.")
     _add_ckpt(p)
     p.add_argument("--bg", required=True, help="background picture, or a folder of them named like the images")
@@ -22,6 +23,8 @@ def register(sub) -> None:
     where.add_argument("--native", action="store_true", help="run at the input's own size")
     p.add_argument("--resize-bg", action="store_true", help="resample a bg whose size differs from the image's")
     p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
+    p.add_argument("--camera", default=None, metavar="CAMERA_JSON",
+                   help="camera profile from `maskdepth calibrate`: depth in metres, objects.json per region")
     _add_device(p)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per model call (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -80,7 +83,7 @@ def run_predict(args) -> int:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     plan = plan_outputs(args.bg, args.image, args.out, force=args.force)  # bad paths fail before the model loads
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
-                           batch_size=args.batch_size, bf16=False if args.fp32 else None)
+                           batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera)
     predict_files(predictor, plan, resize_bg=args.resize_bg)
     where = plan[0][2] if len(plan) == 1 else f"{args.out}/<image name>/"
     print(f"wrote {len(plan)} prediction(s) to {where} (depth in {predictor.depth_unit})")
