@@ -1,10 +1,12 @@
 """Put a trained checkpoint into the package as the default weights, with its card.
 
     python scripts/package_default_weights.py runs/default-weights/last.safetensors
+    python scripts/package_default_weights.py RUN/last.safetensors --out-dir /tmp/w   # anywhere else
 
 The card (src/maskdepth/weights/default.json) records the data and recipe the weights were trained with, their
 metrics on a freshly generated procedural test set (CARD_EVAL below: tests/test_default_weights.py regenerates
-it and checks the metrics), the date and the machine.
+it and checks the metrics), their real-photo benchmark beside the differencing baseline where real photos are at
+hand (benchmarks/real_photos.py; never trained on), the date and the machine.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -37,11 +40,33 @@ def make_card_dataset(out: Path) -> Path:
 
 
 def _training_data(run: Path) -> dict:
-    """What the run trained on: the dataset's own record of the command that made it."""
-    data_dir = tomllib.loads((run / "config.toml").read_text())["data"]["dir"]
-    meta = json.loads((ROOT / data_dir / "metadata.json").read_text())
+    """What the run trained on: the on-the-fly generator's settings, or the dataset's own record of the command
+    that made it."""
+    config = tomllib.loads((run / "config.toml").read_text())
+    d = config["data"]
+    if d.get("generator") == "procedural":
+        return {"kind": "procedural rooms and cutouts composed on the fly (data.generator = procedural)",
+                "size": d["size"], "backgrounds": d["gen_backgrounds"], "cutouts": d["gen_cutouts"],
+                "seed": config["train"]["seed"], "compose": config.get("compose", {}),
+                "capture": config.get("capture", {}), "augment": config.get("augment", {})}
+    meta = json.loads((ROOT / d["dir"] / "metadata.json").read_text())
     return {"kind": "procedural rooms and cutouts (maskdepth data make)",
-            "command": meta["command"].replace(" OUT ", f" {data_dir} ", 1), "counts": meta["counts"]}
+            "command": meta["command"].replace(" OUT ", f" {d['dir']} ", 1), "counts": meta["counts"]}
+
+
+def real_photo_figures(weights: Path) -> dict | None:
+    """benchmarks/real_photos.py on `weights` (predict's default settings), or None without real photos."""
+    bench = ROOT / "benchmarks" / "real_photos.py"
+    sys.path.insert(0, str(bench.parent))
+    from real_photos import REALSET
+
+    if not REALSET.is_dir():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "real.json"
+        subprocess.run([sys.executable, str(bench), "--ckpt", str(weights), "--out", str(out)], check=True)
+        report = json.loads(out.read_text())
+    return {k: report[k] for k in ("data", "work_size", "conditions")}
 
 
 def _training_summary(run: Path, run_info: dict) -> dict:
@@ -59,21 +84,19 @@ def _training_summary(run: Path, run_info: dict) -> dict:
     return out
 
 
-def main() -> int:
+def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "configs/default-weights.toml",
+            command: str = "maskdepth train --config configs/default-weights.toml --out runs/default-weights",
+            real: bool = True) -> dict:
+    """Write `out_dir`/default.safetensors and its card default.json; return the card."""
     from maskdepth import __version__
     from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint, save_checkpoint
     from maskdepth.evaluate import evaluate_checkpoint
     from maskdepth.fileio import atomic_write_text
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("ckpt")
-    ap.add_argument("--run", help="the run folder (default: the checkpoint's folder)")
-    args = ap.parse_args()
-    run = Path(args.run or Path(args.ckpt).parent)
-    _, header = read_checkpoint(args.ckpt)
-    model, _ = load_model_from_checkpoint(args.ckpt)
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
-    weights = WEIGHTS / "default.safetensors"
+    _, header = read_checkpoint(ckpt)
+    model, _ = load_model_from_checkpoint(ckpt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / "default.safetensors"
     save_checkpoint(weights, model, {k: v for k, v in header.items() if k not in ("model", "model_kwargs",
                                                                                    "format_version")})
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,21 +111,38 @@ def main() -> int:
         "depth": header.get("depth"),
         "train_size": header.get("train_size"),
         "data": _training_data(run),
-        "recipe": {"config": "configs/default-weights.toml",
-                   "command": "maskdepth train --config configs/default-weights.toml --out runs/default-weights",
-                   **_training_summary(run, run_info)},
+        "recipe": {"config": config, "command": command, **_training_summary(run, run_info)},
         "evaluation": {"what": "freshly generated procedural test set (unseen rooms and cutouts)",
                        "dataset": CARD_EVAL, "samples": record["samples"],
                        "metrics": {k: round(v, 4) for k, v in record["metrics"].items()}},
+        "real_photos": real_photo_figures(weights) if real else None,
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU ({platform.system()})",
         "versions": {"maskdepth": __version__, **run_info.get("versions", {})},
     }
-    atomic_write_text(WEIGHTS / "default.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(out_dir / "default.json", json.dumps(card, indent=2) + "\n")
     m = card["evaluation"]["metrics"]
     print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) and default.json: mask IoU "
           f"{m['mask_iou']:.3f}, depth delta1 {m['depth_delta1']:.3f} (aligned {m['aligned_depth_delta1']:.3f}), "
           f"AbsRel {m['depth_absrel']:.3f}")
+    for cond, r in (card["real_photos"] or {}).get("conditions", {}).items():
+        print(f"real photos, {cond}: mask IoU {r['model']['mask_iou']:.3f} (differencing "
+              f"{r['baseline']['mask_iou']:.3f})")
+    return card
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("ckpt", type=Path)
+    ap.add_argument("--run", type=Path, help="the run folder (default: the checkpoint's folder)")
+    ap.add_argument("--out-dir", type=Path, default=WEIGHTS, help="where the weights and card go (default: the "
+                                                                   "package's weights folder)")
+    ap.add_argument("--config", default="configs/default-weights.toml", help="the recipe's config, for the card")
+    ap.add_argument("--command", default="maskdepth train --config configs/default-weights.toml --out "
+                                         "runs/default-weights", help="the recipe's command, for the card")
+    ap.add_argument("--no-real", action="store_true", help="skip the real-photo benchmark")
+    args = ap.parse_args()
+    package(args.ckpt, args.run or args.ckpt.parent, args.out_dir, args.config, args.command, not args.no_real)
     return 0
 
 
