@@ -251,3 +251,18 @@ def test_siamese_design_exports_with_dynamic_size(tmp_path):
     want = model(bg, image)
     for g, w in zip(got, want):
         torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)
+
+
+def test_siamese_design_grown_from_the_first_design_starts_as_it():
+    from maskdepth.checkpoint import load_matching
+
+    torch.manual_seed(0)
+    old = create_model("maskdepth", width=8, depths=(1, 1))
+    old(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32))  # BatchNorm statistics that are not the identity
+    old.eval()
+    new = create_model("maskdepth-siamese", width=8, depths=(1, 1)).eval()
+    counts = load_matching(new, old.state_dict())
+    assert counts["widened"] == 1 and counts["fresh"] > 0  # the stem's tolerant input; embed and merge
+    bg, image = torch.rand(2, 3, 40, 48), torch.rand(2, 3, 40, 48)
+    for a, b in zip(old(bg, image), new(bg, image)):
+        torch.testing.assert_close(a, b)

@@ -354,3 +354,18 @@ def test_generated_batches_are_augmented_on_the_cpu_and_resume_exactly():
     assert plain[0]["mask"].sum() > 0
     for a, b in zip(augmented[1:], resumed):  # from the generator's position alone, the same crops again
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_matching_init_grows_another_design_from_a_checkpoint(dataset, tmp_path, capsys):
+    source = tmp_path / "source"
+    train(config(dataset, **{"train.steps": 1, "data.eval_split": "", "train.samples": 0,
+                             "model.name": "maskdepth", "model.kwargs": {"width": 8, "depths": [1, 1]}}), source)
+    grown = tmp_path / "grown"
+    train(config(dataset, **{"train.steps": 1, "data.eval_split": "", "train.samples": 0,
+                             "model.name": "maskdepth-siamese", "model.kwargs": {"width": 8, "depths": [1, 1]},
+                             "model.init": str(source / "last.safetensors"), "model.init_mode": "matching"}), grown)
+    assert "tensors copied, 1 widened" in capsys.readouterr().err
+    assert load_config(grown / "config.toml").model.name == "maskdepth-siamese"
+    assert read_checkpoint(grown / "last.safetensors")[1]["model"] == "maskdepth-siamese"
+    with pytest.raises(UserError, match="init_mode"):
+        config(dataset, **{"model.init_mode": "loose"})

@@ -57,6 +57,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, header
 
 
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Copy into `model` every tensor of `state` with the same name and shape; a weight that differs only by
+    having more input channels (dim 1) takes the old channels and keeps zeros for the new ones, so the grown
+    network starts out computing what the old one did on its old inputs. Returns counts of copied, widened and
+    fresh (left as initialised) tensors."""
+    own = model.state_dict()
+    counts = {"copied": 0, "widened": 0, "fresh": 0}
+    with torch.no_grad():
+        for name, t in own.items():
+            old = state.get(name)
+            if old is not None and old.shape == t.shape:
+                t.copy_(old)
+                counts["copied"] += 1
+            elif (old is not None and old.dim() == t.dim() >= 2 and old.shape[0] == t.shape[0]
+                  and old.shape[2:] == t.shape[2:] and old.shape[1] < t.shape[1]):
+                t.zero_()
+                t[:, :old.shape[1]].copy_(old)
+                counts["widened"] += 1
+            else:
+                counts["fresh"] += 1
+    return counts
+
+
 def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights. Returns (model, header)."""
     from maskdepth.models import create_model

@@ -17,12 +17,14 @@
 Comparing the two captures where a camera was nudged or the light changed (`siamese`, `tolerance`; both off in the
 first designs, on in `maskdepth-siamese`):
 - `siamese`: one shared patch embedding of bg and of image (the same weights, one call on both) at 1/4; their
-  features and the magnitude of their difference join the early-fusion stem. Features of 4x4 patches through a
-  3x3 conv see about 12 px, so their difference tolerates a shift of a few pixels and a change of exposure that
-  a pixel difference does not.
+  features and the magnitude of their difference are added to the early-fusion stem's output (a 1x1 conv and a
+  norm whose scale starts at 0). Features of 4x4 patches through a 3x3 conv see about 12 px, so their
+  difference tolerates a shift of a few pixels and a change of exposure that a pixel difference does not.
 - `tolerance` r: a shift-tolerant pixel difference, min over offsets |dx|, |dy| <= r of max over colours
-  |image(x) - bg(x + d)|, computed at 1/2 resolution (so r covers 2r px) and fed as one more fused channel: what
+  |image(x) - bg(x + d)|, computed at 1/2 resolution (so r covers 2r px), as one more input of the stem: what
   a nudged camera changes can be explained by a small shift of bg, a foreground cannot.
+Both start out as no-ops on the first design's function (the zero scale, and zero weights for the stem's new
+input when grown from a checkpoint, `model.init_mode = "matching"`), so the first design's weights can seed them.
 
 Norm: BatchNorm by default (fast, folds into the conv for inference; in eval mode it does not depend on the batch,
 so batch-1 prediction is exact; under DDP convert with SyncBatchNorm when per-GPU batches are tiny), or
@@ -42,7 +44,7 @@ from torch import nn
 from maskdepth.models.base import MaskDepthNet
 from maskdepth.models.registry import register
 
-FUSED_CHANNELS = 12  # bg, image, image - bg, |image - bg| (+1 with `tolerance`: the shift-tolerant difference)
+FUSED_CHANNELS = 12  # bg, image, image - bg, |image - bg|
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -100,19 +102,18 @@ class MaskDepthModel(MaskDepthNet):
         if not 0 <= int(tolerance) <= 4:
             raise ValueError(f"tolerance must be 0-4 (half-resolution pixels), got {tolerance}")
         self.siamese, self.tolerance = bool(siamese), int(tolerance)
-        fused_channels = FUSED_CHANNELS + (1 if self.tolerance else 0)
         widths = [width * 2**i for i in range(len(depths))]
         dec = 2 * width  # decoder channels
         ref = max(8, width // 2)  # refinement channels at full resolution
         self.stride = 4 * 2 ** (len(depths) - 1)
 
         patch = 2 * width  # channels of the learned space-to-depth (an unshuffle would give 12 * 16 = 192)
-        self.stem = nn.Sequential(nn.Conv2d(fused_channels, patch, 4, stride=4),
+        self.stem = nn.Sequential(nn.Conv2d(FUSED_CHANNELS + (1 if self.tolerance else 0), patch, 4, stride=4),
                                   _conv_norm_act(patch, width, norm))
         if self.siamese:
             self.embed = nn.Sequential(nn.Conv2d(3, patch, 4, stride=4), _conv_norm_act(patch, width, norm))
-            self.merge = nn.Sequential(nn.Conv2d(3 * width, width, 1, bias=False), _norm(norm, width),
-                                       nn.ReLU(inplace=True))
+            self.merge = nn.Sequential(nn.Conv2d(3 * width, width, 1, bias=False), _norm(norm, width))
+            nn.init.zeros_(self.merge[1].weight)
         self.stages = nn.ModuleList()
         for i, (c, d) in enumerate(zip(widths, depths)):
             down = [_conv_norm_act(widths[i - 1], c, norm, stride=2)] if i else []
@@ -123,8 +124,8 @@ class MaskDepthModel(MaskDepthNet):
         self.mask_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
         self.depth_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
         self.context = nn.Conv2d(widths[-1], widths[-1], 1)
-        refine_in = -(-(ref + fused_channels + 2) // 8) * 8
-        self.refine_proj = nn.Conv2d(dec, refine_in - fused_channels - 2, 1)
+        refine_in = -(-(ref + FUSED_CHANNELS + 2) // 8) * 8
+        self.refine_proj = nn.Conv2d(dec, refine_in - FUSED_CHANNELS - 2, 1)
         self.refine = nn.Sequential(
             nn.Conv2d(refine_in, ref, 1), nn.ReLU(inplace=True),
             nn.Conv2d(ref, ref, 3, padding=1), nn.ReLU(inplace=True),
@@ -135,15 +136,16 @@ class MaskDepthModel(MaskDepthNet):
 
     def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         diff = image - bg
-        parts = [bg, image, diff, diff.abs()]
+        fused = torch.cat([bg, image, diff, diff.abs()], dim=1)
+        stem_in = fused
         if self.tolerance:
-            parts.append(_up(_tolerant_difference(F.avg_pool2d(bg, 2), F.avg_pool2d(image, 2), self.tolerance), 2))
-        fused = torch.cat(parts, dim=1)
+            tol = _tolerant_difference(F.avg_pool2d(bg, 2), F.avg_pool2d(image, 2), self.tolerance)
+            stem_in = torch.cat([fused, _up(tol, 2)], dim=1)
         feats = []
-        x = self.stem(fused)
+        x = self.stem(stem_in)
         if self.siamese:
             fb, fi = self.embed(torch.cat([bg, image], dim=0)).chunk(2, dim=0)
-            x = self.merge(torch.cat([x, fi, (fi - fb).abs()], dim=1))
+            x = x + self.merge(torch.cat([x, fi, (fi - fb).abs()], dim=1))
         for stage in self.stages:
             x = stage(x)
             feats.append(x)

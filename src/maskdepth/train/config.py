@@ -57,7 +57,14 @@ class DataConfig:
 class ModelConfig:
     name: str = "maskdepth"
     init: str = ""              # "" = random init; "default" = the packaged weights; else a checkpoint path
+    # "exact": init's own network and weights (model.name ignored); "matching": network model.name, taking every
+    # tensor of init whose name fits (an input conv that gained channels keeps the old ones, the new start at 0)
+    init_mode: str = "exact"
     kwargs: dict[str, Any] = field(default_factory=dict)  # builder arguments (depth_max comes from the data)
+
+    def __post_init__(self) -> None:
+        if self.init_mode not in ("exact", "matching"):
+            raise UserError(f"[model] init_mode = {self.init_mode!r}: use \"exact\" or \"matching\"")
 
 
 @dataclass

@@ -133,6 +133,15 @@ def build_model(config: Config, depth_max: float, data_unit: str = "metres") -> 
         # the checkpoint's depth head is kept on its own scale (rescaling it would undo what it learned)
         print(f"note: {path} predicts depth up to {kwargs['depth_max']:g} {data_unit}, the data reaches "
               f"{depth_max:g}; deeper pixels are learned as that bound", file=sys.stderr)
+    if config.model.init_mode == "matching":
+        from maskdepth.checkpoint import load_matching
+
+        kwargs = {k: v for k, v in kwargs.items() if k in ("depth_max", *config.model.kwargs)}
+        model = create_model(config.model.name, **kwargs)
+        counts = load_matching(model, state)
+        print(f"note: {config.model.name} from {path} ({header['model']}): {counts['copied']} tensors copied, "
+              f"{counts['widened']} widened, {counts['fresh']} fresh", file=sys.stderr)
+        return model, str(path)
     model = create_model(header["model"], **kwargs)
     try:
         model.load_state_dict(state)
