@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 
 import numpy as np
 import pytest
@@ -202,9 +203,8 @@ def test_cutout_bank_cells_and_mips():
 
 def test_capture_identity_when_off_and_seeded_when_on():
     x = torch.rand(4, 3, 40, 56)
-    off = CaptureConfig(shift_p=0, exposure_p=0, white_balance_p=0, noise_p=0, jpeg_p=0)
-    assert torch.equal(apply_capture(x, off, torch.Generator().manual_seed(0)), x)
-    on = CaptureConfig(shift_p=1, exposure_p=1, white_balance_p=1, noise_p=1, jpeg_p=1)
+    assert torch.equal(apply_capture(x, CaptureConfig.off(), torch.Generator().manual_seed(0)), x)
+    on = CaptureConfig(**{k: 1.0 for k in CaptureConfig.__dataclass_fields__ if k.endswith("_p")})
     a = apply_capture(x, on, torch.Generator().manual_seed(1))
     b = apply_capture(x, on, torch.Generator().manual_seed(1))
     c = apply_capture(x, on, torch.Generator().manual_seed(2))
@@ -215,10 +215,88 @@ def test_capture_identity_when_off_and_seeded_when_on():
 
 def test_capture_only_touches_the_samples_drawn():
     x = torch.rand(16, 3, 32, 32)
-    cfg = CaptureConfig(shift_p=0.5, exposure_p=0, white_balance_p=0, noise_p=0.5, jpeg_p=0.5)
-    y = apply_capture(x, cfg, torch.Generator().manual_seed(0))
-    same = (y == x).flatten(1).all(dim=1)
-    assert same.any() and (~same).any()
+    for on in ("shift_p", "rotate_p", "scale_p", "contrast_p", "gamma_p", "noise_p", "jpeg_p"):
+        cfg = dataclasses.replace(CaptureConfig.off(), **{on: 0.5})
+        y = apply_capture(x, cfg, torch.Generator().manual_seed(0))
+        same = (y == x).flatten(1).all(dim=1)
+        assert same.any() and (~same).any(), on
+
+
+def _fit_plane(img: torch.Tensor, margin: int) -> tuple[float, float, float]:
+    """Least-squares a + b*x + c*y over the interior pixels (centres) of a (H,W) picture -> (b, c, rms residual)."""
+    h, w = img.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5,
+                            indexing="ij")
+    sl = (slice(margin, h - margin), slice(margin, w - margin))
+    a = torch.stack([torch.ones_like(xs[sl]), xs[sl], ys[sl]], -1).reshape(-1, 3)
+    z = img[sl].double().reshape(-1, 1)
+    coef = torch.linalg.lstsq(a, z).solution[:, 0]
+    return float(coef[1]), float(coef[2]), float((a @ coef[:, None] - z).pow(2).mean().sqrt())
+
+
+def test_capture_rotation_and_scale_move_pixels_like_a_turned_camera():
+    # on a linear ramp bilinear sampling is exact, so the warped picture is the ramp seen through the inverse
+    # transform: f(x) = x/W becomes (cos(a) x + sin(a) y) / (s W) + const
+    h, w = 40, 56
+    ramp = ((torch.arange(w) + 0.5) / w).view(1, 1, 1, w).expand(8, 3, h, w).contiguous()
+    angle = torch.tensor([0.0, 0.01, -0.01, 0.0, 0.0, 0.008, 0.0, 0.0])
+    scale = torch.tensor([1.0, 1.0, 1.0, 1.01, 0.99, 1.005, 1.0, 1.0])
+    shift = torch.tensor([[0.0, 0.0]] * 6 + [[2.0, 0.0], [-1.5, 3.0]])
+    from maskdepth.data.capture import warp
+
+    out = warp(ramp, shift, angle, scale)
+    for i, (a, s) in enumerate(zip(angle.tolist(), scale.tolist())):
+        gx, gy, res = _fit_plane(out[i, 0], margin=4)
+        assert res < 1e-5
+        assert gx == pytest.approx(math.cos(a) / s / w, rel=1e-4)
+        assert gy == pytest.approx(math.sin(a) / s / w, rel=1e-3, abs=1e-7)
+    # the shifts: content moves by +shift, so the ramp's value at a pixel is that of the pixel `shift` before it
+    torch.testing.assert_close(out[6, 0, :, 10:40], ramp[6, 0, :, 8:38])
+    # the centre stays put under rotation and zoom
+    torch.testing.assert_close(out[1:6, :, h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1].mean((2, 3)),
+                               ramp[1:6, :, h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1].mean((2, 3)), atol=2e-3,
+                               rtol=0)
+
+
+def test_capture_draws_rotations_and_zooms_within_the_configured_bounds():
+    h, w = 40, 56
+    ramp = ((torch.arange(w) + 0.5) / w).view(1, 1, 1, w).expand(64, 3, h, w).contiguous()
+    cfg = dataclasses.replace(CaptureConfig.off(), rotate_p=1.0, rotate_deg=1.0, scale_p=1.0, scale=0.01)
+    out = apply_capture(ramp, cfg, torch.Generator().manual_seed(0))
+    angles, zooms = [], []
+    for i in range(64):
+        gx, gy, res = _fit_plane(out[i, 0], margin=4)
+        assert res < 1e-5
+        zoom = 1 / (w * math.hypot(gx, gy))
+        angles.append(math.degrees(math.atan2(gy, gx)))
+        zooms.append(zoom)
+    assert max(map(abs, angles)) <= 1.0 + 1e-3 and max(angles) > 0.5 and min(angles) < -0.5
+    assert 0.99 - 1e-4 <= min(zooms) and max(zooms) <= 1.01 + 1e-4 and max(zooms) - min(zooms) > 0.01
+
+
+def test_default_capture_nudges_the_camera_by_pixels_at_192():
+    # a vertical edge: where it lands after the capture tells the horizontal shift of each sample
+    n, size = 200, 192
+    x = (torch.arange(size) >= size // 2).float().view(1, 1, 1, size).expand(n, 3, size, size).contiguous()
+    cfg = dataclasses.replace(CaptureConfig(), rotate_p=0, scale_p=0, exposure_p=0, white_balance_p=0,
+                              contrast_p=0, gamma_p=0, noise_p=0, jpeg_p=0)
+    out = apply_capture(x, cfg, torch.Generator().manual_seed(0))
+    moved = (out[:, 0] - x[:, 0]).abs().sum(2).mean(1)  # mean |shift_x| in pixels along each row
+    assert ((moved >= 1) & (moved <= 3 + 1e-4)).float().mean() > 0.4
+
+
+def test_capture_colour_jitter_changes_exposure_contrast_and_gamma():
+    x = torch.rand(32, 3, 24, 24) * 0.8 + 0.1
+    for field, lo_hi in (("exposure", (0.8, 0.8)), ("contrast", (1.2, 1.2)), ("gamma", (1.3, 1.3))):
+        cfg = dataclasses.replace(CaptureConfig.off(), **{f"{field}_p": 1.0, field: lo_hi})
+        y = apply_capture(x, cfg, torch.Generator().manual_seed(0))
+        if field == "exposure":
+            torch.testing.assert_close(y, x * 0.8)
+        elif field == "contrast":
+            m = x.mean((1, 2, 3), keepdim=True)
+            torch.testing.assert_close(y, ((x - m) * 1.2 + m).clamp(0, 1))
+        else:
+            torch.testing.assert_close(y, x ** 1.3)
 
 
 def test_jpeg_roundtrip_resembles_a_real_codec():
