@@ -118,8 +118,9 @@ def test_mask_is_the_cutouts_alpha_where_unoccluded(flip):
 
 def test_window_holds_exactly_the_full_frame():
     bgs, cutouts = banks(pillar=True)
-    cfg = ComposeConfig(shadow_prob=0.7, relief=0.2)
-    p = draw(bgs, cutouts, n=16, seed=5, cfg=cfg)
+    cfg = ComposeConfig(shadow_prob=0.7, relief=0.2, cast_prob=0.7, reflection_prob=0.7)
+    p = draw(bgs, cutouts, n=24, seed=5, cfg=cfg)
+    assert (p.cast > 0).any() and (p.reflection > 0).any() and ((p.cast > 0) & (p.light[:, 1] < 0)).any()
     full = composite(bgs, cutouts, p, cfg)
     win = placement_windows(cutouts, p, cfg, (H, W))
     for i in range(len(p)):
@@ -146,6 +147,69 @@ def test_shadow_darkens_the_floor_only_and_not_the_truth():
     off_floor = ~bgs.floor[p.bg_idx].expand(-1, 3, -1, -1)
     assert torch.equal(shaded["image"][off_floor], lit["image"][off_floor])
     assert (shaded["image"] < lit["image"] - 0.05).any()
+
+
+ONLY = dict(shadow_prob=0.0, cast_prob=0.0, reflection_prob=0.0)
+
+
+def test_cast_shadow_darkens_the_floor_along_the_light_and_leaves_the_truth():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(**{**ONLY, "cast_prob": 1.0}, cast_strength=(0.5, 0.5), cast_soft=0)
+    p = draw(bgs, cutouts, n=32, seed=1, cfg=cfg)
+    assert (p.cast == 0.5).all()
+    p = dataclasses.replace(p, light=torch.tensor([[0.6, -0.3]]).expand(len(p), 2).contiguous())
+    lit = composite(bgs, cutouts, dataclasses.replace(p, cast=torch.zeros(len(p))), cfg)
+    shaded = composite(bgs, cutouts, p, cfg)
+    assert torch.equal(lit["mask"], shaded["mask"]) and torch.equal(lit["depth"], shaded["depth"])
+    assert (shaded["image"] <= lit["image"] + 1e-6).all()
+    off_floor = ~bgs.floor[p.bg_idx].expand(-1, 3, -1, -1)
+    assert torch.equal(shaded["image"][off_floor], lit["image"][off_floor])
+    dark = (lit["image"] - shaded["image"]).amax(1)  # (N,H,W)
+    outside = lit["mask"][:, 0] == 0
+    assert (dark[outside] > 0.1).any()  # changed pixels that are not foreground
+    # the shadow lies where the light throws the silhouette: below the contact (ky < 0) and to the right
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    checked = 0
+    for i in range(len(p)):
+        u, v = p.contact[i].tolist()
+        h = float(p.height_px[i])
+        if v + 0.3 * h > H - 1 or u + 0.6 * h + p.width_px[i] / 2 > W - 1 or u - p.width_px[i] / 2 < 1:
+            continue  # the shadow would leave the picture
+        wgt = dark[i] * outside[i]
+        if wgt.sum() < 1:
+            continue
+        cx, cy = float((wgt * xs).sum() / wgt.sum()), float((wgt * ys).sum() / wgt.sum())
+        assert cy > v and cx > u  # after the shear: shifted right and down of the contact
+        assert (wgt[ys < v - 1] == 0).all()  # nothing above the contact row (in front of the object)
+        checked += 1
+    assert checked >= 3
+
+
+def test_reflection_mirrors_the_cutout_below_the_contact():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(**{**ONLY, "reflection_prob": 1.0}, reflection_strength=(0.3, 0.3))
+    n = 16
+    g = torch.Generator().manual_seed(2)
+    p = sample_placements(bgs, cutouts, torch.randint(3, (n,), generator=g), torch.zeros(n, dtype=torch.long),
+                          torch.zeros(n, dtype=torch.bool), g, cfg)  # the red box
+    plain = composite(bgs, cutouts, dataclasses.replace(p, reflection=torch.zeros(n)), cfg)
+    glossy = composite(bgs, cutouts, p, cfg)
+    assert torch.equal(plain["mask"], glossy["mask"]) and torch.equal(plain["depth"], glossy["depth"])
+    diff = glossy["image"] - plain["image"]
+    ys = (torch.arange(H) + 0.5).view(1, H, 1)
+    below = (ys >= p.contact[:, 1].view(n, 1, 1)) & bgs.floor[p.bg_idx, 0]
+    assert (diff.abs().amax(1)[~below] == 0).all()  # only the floor below the contact
+    changed = diff.abs().amax(1) > 0.02
+    seen = plain["mask"][:, 0][changed]  # beyond the soft bottom edge of the box, pixels that are not foreground
+    assert changed.any() and (seen < 1).all() and (seen == 0).float().mean() > 0.5
+    assert (diff[:, 0][changed] > diff[:, 1][changed]).float().mean() > 0.9  # it reflects the red box: redder
+
+
+def test_placements_and_composites_are_seeded():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(cast_prob=0.5, reflection_prob=0.5)
+    a, b, c = (composite(bgs, cutouts, draw(bgs, cutouts, n=12, seed=s, cfg=cfg), cfg) for s in (4, 4, 5))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["image"], c["image"])
 
 
 def test_placement_follows_perspective_and_stands_on_the_floor():

@@ -6,7 +6,11 @@ The ground-truth rule (docs/ARCHITECTURE.md "Ground truth"):
 - the foreground's depth is d (optionally minus a small relief); visible alpha = alpha where the foreground is
   nearer than the background (z-buffer), else 0; `mask` = visible alpha;
 - composite depth = foreground depth where visible alpha >= 0.5, background depth elsewhere.
-A soft elliptical contact shadow darkens the floor around the contact point in `image` only (not mask, depth).
+Besides the foreground, `image` shows changed pixels that are background (mask 0, background depth): a soft
+elliptical contact shadow around the contact point, a cast shadow (the cutout's own alpha sheared and squashed
+onto the floor along a random light direction, softened by sampling a coarser mip level) and, on some floors, a
+faint mirrored reflection below the contact that fades with distance. All of them darken or tint floor pixels
+only.
 
 Nothing here loops over samples or reads a tensor back to the host, so on CUDA a batch is a few kernels.
 """
@@ -33,6 +37,18 @@ class ComposeConfig:
     shadow_width: float = 1.3  # shadow ellipse width / object box width
     shadow_aspect: float = 0.3  # shadow ellipse height / width (a floor seen at an angle)
     relief: float = 0.0  # depth relief of the object as a fraction of its width (0: flat, at contact depth)
+    # cast shadow: the silhouette laid on the floor; a point t pixels above the contact casts its shadow at
+    # (x + kx * t, v - ky * t), kx in +-cast_shear, |ky| in cast_length (ky < 0: towards the camera)
+    cast_prob: float = 0.5
+    cast_strength: tuple[float, float] = (0.25, 0.6)  # darkening where the silhouette's shadow is full
+    cast_shear: float = 1.2
+    cast_length: tuple[float, float] = (0.15, 0.7)
+    cast_towards_camera: float = 0.5  # probability that the shadow falls in front of the object
+    cast_soft: int = 2  # up to this many mip levels coarser than the object's: a softer penumbra
+    # floor reflection: the cutout mirrored about its contact row, fading out over reflection_fade of its height
+    reflection_prob: float = 0.25
+    reflection_strength: tuple[float, float] = (0.08, 0.3)
+    reflection_fade: float = 0.6
 
 
 @dataclass
@@ -50,6 +66,10 @@ class Placement:
     level: torch.Tensor  # (N,) int64 mip level sampled (limits aliasing when the cutout is drawn small)
     shadow: torch.Tensor  # (N,) float32 shadow strength, 0 = none
     scale: torch.Tensor  # (N,) float32 drawn height / the cutout's original pixel height
+    cast: torch.Tensor  # (N,) float32 cast-shadow strength, 0 = none
+    light: torch.Tensor  # (N,2) float32 (kx, ky) of the cast shadow (see ComposeConfig)
+    cast_level: torch.Tensor  # (N,) int64 mip level the cast shadow samples (coarser than `level`: softer)
+    reflection: torch.Tensor  # (N,) float32 floor-reflection strength, 0 = none
 
     def __len__(self) -> int:
         return self.bg_idx.shape[0]
@@ -108,24 +128,67 @@ def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Te
     level = torch.floor(torch.log2(cutouts.size / longest)).clamp(0, cutouts.levels - 1).long()
     shadow_on = torch.rand(n, generator=generator, device=device) < cfg.shadow_prob
     strength = _uniform(n, cfg.shadow_strength, generator, device) * shadow_on
+    cast_on = torch.rand(n, generator=generator, device=device) < cfg.cast_prob
+    cast = _uniform(n, cfg.cast_strength, generator, device) * cast_on
+    kx = _uniform(n, (-cfg.cast_shear, cfg.cast_shear), generator, device)
+    towards = torch.rand(n, generator=generator, device=device) < cfg.cast_towards_camera
+    # |ky| > 0: the shadow's rows map back to heights through 1 / ky
+    ky = _uniform(n, cfg.cast_length, generator, device).clamp(min=0.01) * (1 - 2 * towards.float())
+    soft = torch.randint(0, cfg.cast_soft + 1, (n,), generator=generator, device=device)
+    reflect_on = torch.rand(n, generator=generator, device=device) < cfg.reflection_prob
+    reflection = _uniform(n, cfg.reflection_strength, generator, device) * reflect_on
     return Placement(
         bg_idx=bg_idx, fg_idx=fg_idx, flip=flip.bool(),
         contact=torch.stack([take(u), take(v)], dim=1), contact_depth=take(d),
         depth_known=torch.gather(known, 1, choice)[:, 0],
         height_px=height, width_px=width, level=level, shadow=strength,
         scale=height / cutouts.src_hw[fg_idx, 0],
+        cast=cast, light=torch.stack([kx, ky], dim=1), cast_level=(level + soft).clamp(max=cutouts.levels - 1),
+        reflection=reflection,
     )
 
 
-def _texel_px(cutouts: CutoutBank, p: Placement) -> tuple[torch.Tensor, torch.Tensor]:
-    """Size of one texel of the sampled mip level, in output pixels (x, y): bilinear sampling reaches this far
-    outside the box."""
-    region = cutouts.region[p.fg_idx] * torch.exp2(-p.level.float())[:, None]
+def _reflection_level(cutouts: CutoutBank, p: Placement) -> torch.Tensor:
+    """A glossy floor blurs what it mirrors: one mip level coarser than the object's."""
+    return (p.level + 1).clamp(max=cutouts.levels - 1)
+
+
+def _texel_px(cutouts: CutoutBank, p: Placement, level: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size of one texel of mip level `level` (default: the object's), in output pixels (x, y): bilinear sampling
+    reaches this far outside the box."""
+    level = p.level if level is None else level
+    region = cutouts.region[p.fg_idx] * torch.exp2(-level.float())[:, None]
     return p.width_px / region[:, 2], p.height_px / region[:, 3]
 
 
+def _atlas_map(cutouts: CutoutBank, p: Placement, level: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ax, bx, ay, by), each (N,): the box point (x, y) in output pixels is sampled at atlas coordinates
+    (ax * x + bx, ay * y + by) of mip level `level`, normalised for grid_sample (align_corners=False).
+
+    x -> s = (x - x0) / w (mirrored: (x1 - x) / w) -> X = rx0 + s * rw of the level; likewise for y, never
+    mirrored."""
+    _, _, ah, aw = cutouts.atlas.shape
+    lvl_scale = torch.exp2(-level.float())
+    cell = cutouts.cell_origin[p.fg_idx] + cutouts.level_origin[level]
+    region = cutouts.region[p.fg_idx]
+    rx0 = cell[:, 0] + region[:, 0] * lvl_scale
+    ry0 = cell[:, 1] + region[:, 1] * lvl_scale
+    rw, rh = region[:, 2] * lvl_scale, region[:, 3] * lvl_scale
+    x0, y0, x1, _ = p.box.unbind(1)
+    sign = 1.0 - 2.0 * p.flip.float()
+    x_ref = torch.where(p.flip, x1, x0)
+    ax = (2 / aw) * sign * rw / p.width_px
+    bx = (2 / aw) * (rx0 - sign * rw * x_ref / p.width_px) - 1
+    ay = (2 / ah) * rh / p.height_px
+    by = (2 / ah) * (ry0 - rh * y0 / p.height_px) - 1
+    return ax, bx, ay, by
+
+
 def placement_windows(cutouts: CutoutBank, p: Placement, cfg: ComposeConfig, size: tuple[int, int]) -> torch.Tensor:
-    """(N,4) int64 [x0, y0, x1, y1) bounding every pixel a placement changes (object, its filter fringe, shadow).
+    """(N,4) int64 [x0, y0, x1, y1) bounding every pixel a placement changes (object, its filter fringe, contact
+    and cast shadows, reflection).
 
     Outside it `composite` gives the background exactly: image = bg, mask = 0, depth = background depth.
     """
@@ -139,6 +202,22 @@ def placement_windows(cutouts: CutoutBank, p: Placement, cfg: ComposeConfig, siz
     x_hi = torch.maximum(u + half + tx, u + rx)
     y_lo = torch.minimum(v - p.height_px - ty, v - ry)
     y_hi = torch.maximum(v + ty, v + ry)
+    # the cast shadow: the source rectangle (x_o within the box and fringe, height t in [-ty, h + ty]) sheared
+    # onto the floor; its extremes lie at the two ends of t
+    cx, cy = _texel_px(cutouts, p, p.cast_level)
+    kx, ky = p.light.unbind(1)
+    cast = p.cast > 0
+    for t in (-cy, p.height_px + cy):
+        x_lo = torch.where(cast, torch.minimum(x_lo, u - half - cx + kx * t), x_lo)
+        x_hi = torch.where(cast, torch.maximum(x_hi, u + half + cx + kx * t), x_hi)
+        y_lo = torch.where(cast, torch.minimum(y_lo, v - ky * t), y_lo)
+        y_hi = torch.where(cast, torch.maximum(y_hi, v - ky * t), y_hi)
+    # the reflection: below the contact, the box's width and fringe, as far as it fades
+    fx, _ = _texel_px(cutouts, p, _reflection_level(cutouts, p))
+    reflect = p.reflection > 0
+    x_lo = torch.where(reflect, torch.minimum(x_lo, u - half - fx), x_lo)
+    x_hi = torch.where(reflect, torch.maximum(x_hi, u + half + fx), x_hi)
+    y_hi = torch.where(reflect, torch.maximum(y_hi, v + cfg.reflection_fade * p.height_px), y_hi)
     box = torch.stack([x_lo.floor(), y_lo.floor(), x_hi.ceil() + 1, y_hi.ceil() + 1], 1).long()
     limit = torch.tensor([w_img, h_img, w_img, h_img], device=box.device)
     return torch.minimum(box.clamp(min=0), limit)
@@ -182,45 +261,53 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     xs = (ox.view(n, 1) + torch.arange(ww, device=device)).float().view(n, 1, 1, ww) + 0.5  # pixel centres
     ys = (oy.view(n, 1) + torch.arange(hw, device=device)).float().view(n, 1, hw, 1) + 0.5
 
-    # sampling coordinates in the atlas: x -> s = (x - x0) / w (mirrored: (x1 - x) / w) -> X = rx0 + s * rw of the
-    # chosen mip level, normalised for grid_sample (align_corners=False); likewise for y, never mirrored
-    _, _, ah, aw = cutouts.atlas.shape
-    lvl_scale = torch.exp2(-p.level.float())
-    cell = cutouts.cell_origin[p.fg_idx] + cutouts.level_origin[p.level]
-    region = cutouts.region[p.fg_idx]
-    rx0 = cell[:, 0] + region[:, 0] * lvl_scale
-    ry0 = cell[:, 1] + region[:, 1] * lvl_scale
-    rw, rh = region[:, 2] * lvl_scale, region[:, 3] * lvl_scale
-    x0, y0, x1, _ = p.box.unbind(1)
-    sign = 1.0 - 2.0 * p.flip.float()
-    x_ref = torch.where(p.flip, x1, x0)
-    ax = (2 / aw) * sign * rw / p.width_px
-    bx = (2 / aw) * (rx0 - sign * rw * x_ref / p.width_px) - 1
-    ay = (2 / ah) * rh / p.height_px
-    by = (2 / ah) * (ry0 - rh * y0 / p.height_px) - 1
-    gx = ax.view(n, 1, 1) * xs.view(n, 1, ww) + bx.view(n, 1, 1)
-    gy = ay.view(n, 1, 1) * ys.view(n, hw, 1) + by.view(n, 1, 1)
-    grid = torch.stack([gx.expand(n, hw, ww), gy.expand(n, hw, ww)], dim=-1)
-    # every sample's cutout from the shared atlas in one call: the N grids stacked as one tall image
-    fg = F.grid_sample(cutouts.atlas, grid.view(1, n * hw, ww, 2), mode="bilinear", padding_mode="zeros",
-                       align_corners=False)
-    fg = fg.view(4, n, hw, ww).transpose(0, 1)
-    fg_rgb, alpha = fg[:, :3], fg[:, 3:]
-
+    x0, y0, _, _ = p.box.unbind(1)
     u = p.contact[:, 0].view(n, 1, 1, 1)
     v = p.contact[:, 1].view(n, 1, 1, 1)
     half_w = (p.width_px / 2).view(n, 1, 1, 1)
-    tx, ty = (t.view(n, 1, 1, 1) for t in _texel_px(cutouts, p))
+    y_top = y0.view(n, 1, 1, 1)
+
+    def col(t: torch.Tensor) -> torch.Tensor:
+        return t.view(n, 1, 1, 1)
+
+    # three samplings of the atlas, each a grid per sample: the object; its cast shadow, where floor pixel (x, y)
+    # shows the silhouette at height t = (v - y) / ky, x_o = x - kx * t; its reflection, mirrored about row v
+    ax, bx, ay, by = (col(t) for t in _atlas_map(cutouts, p, p.level))
+    obj = torch.stack([(ax * xs + bx).expand(n, 1, hw, ww), (ay * ys + by).expand(n, 1, hw, ww)], dim=-1)
+    kx, ky = (col(t) for t in p.light.unbind(1))
+    t_cast = (v - ys) / ky  # (N,1,H,1)
+    x_cast = xs - kx * t_cast  # (N,1,H,W)
+    sx, sbx, sy, sby = (col(t) for t in _atlas_map(cutouts, p, p.cast_level))
+    shadow_grid = torch.stack([sx * x_cast + sbx, (sy * (v - t_cast) + sby).expand(n, 1, hw, ww)], dim=-1)
+    reflect_level = _reflection_level(cutouts, p)
+    fx, fbx, fy, fby = (col(t) for t in _atlas_map(cutouts, p, reflect_level))
+    mirror = torch.stack([(fx * xs + fbx).expand(n, 1, hw, ww), (fy * (2 * v - ys) + fby).expand(n, 1, hw, ww)],
+                         dim=-1)
+    # every sample's cutout from the shared atlas in one call: the 3N grids stacked as one tall image
+    grid = torch.cat([obj, shadow_grid, mirror], dim=1).view(1, 3 * n * hw, ww, 2)
+    fg = F.grid_sample(cutouts.atlas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    fg = fg.view(4, n, 3, hw, ww).permute(2, 1, 0, 3, 4)  # (3, N, 4, H, W)
+    fg_rgb, alpha = fg[0, :, :3], fg[0, :, 3:]
+    cast_alpha, ref_rgba = fg[1, :, 3:], fg[2]
+
+    tx, ty = (col(t) for t in _texel_px(cutouts, p))
     dx = xs - u  # (N,1,1,W): per-column and per-row terms stay small until they meet
     # the box plus one texel of bilinear fringe; beyond it the grid runs into neighbouring atlas cells
     in_x = (dx.abs() <= half_w + tx).float()
-    in_y = ((ys >= y0.view(n, 1, 1, 1) - ty) & (ys <= v + ty)).float()
+    in_y = ((ys >= y_top - ty) & (ys <= v + ty)).float()
     # foreground depth: the contact depth, nearer by a half-cylinder bulge across the width when relief > 0
     bulge = (1 - (dx / half_w) * (dx / half_w)).clamp(min=0).sqrt()
     width_m = (p.width_px * p.contact_depth / bgs.focal_px[p.bg_idx]).view(n, 1, 1, 1)
     fg_depth = p.contact_depth.view(n, 1, 1, 1) - cfg.relief * width_m * bulge  # (N,1,1,W)
     shown = (fg_depth <= bg_place).float().mul_(in_x).mul_(in_y)  # the z-buffer test, inside the box
     vis = alpha * shown
+
+    # the floor reflection (blurred by a coarser level), strongest at the contact and gone at reflection_fade of
+    # the height; inside the box and fringe of its level, below the contact row only
+    rx_t, _ = (col(t) for t in _texel_px(cutouts, p, reflect_level))
+    fade = (1 - (ys - v) / (cfg.reflection_fade * col(p.height_px))).clamp_(0, 1) * (ys >= v).float()
+    gloss = (dx.abs() <= half_w + rx_t).float() * fade * floor * col(p.reflection)  # (N,1,H,W)
+    floor_bg = torch.addcmul(bg * (1 - gloss * ref_rgba[:, 3:]), ref_rgba[:, :3], gloss)
 
     # contact shadow on the floor, compact and smooth: strength * (1 - r^2)^2 inside the ellipse
     rx = cfg.shadow_width * half_w
@@ -229,8 +316,12 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     fall = ((1 - ex * ex) - ey * ey).clamp_(min=0)
     keep = 1 - vis
     keep.mul_(1 - fall.mul_(fall).mul_(floor).mul_(p.shadow.view(n, 1, 1, 1)))  # (1 - vis) * shade
+    # the cast shadow, where the sheared point lies inside the silhouette's box and fringe at its level
+    cx_t, cy_t = (col(t) for t in _texel_px(cutouts, p, p.cast_level))
+    in_cast = ((x_cast - u).abs() <= half_w + cx_t) & (t_cast >= -cy_t) & (t_cast <= col(p.height_px) + cy_t)
+    keep.mul_(1 - cast_alpha * in_cast.float() * floor * col(p.cast))
 
-    image = torch.addcmul(bg * keep, fg_rgb, shown).clamp_(0, 1)
+    image = torch.addcmul(floor_bg * keep, fg_rgb, shown).clamp_(0, 1)
     fg_depth_truth = fg_depth * p.depth_known.view(n, 1, 1, 1)  # unknown where the background's depth is
     depth = torch.where(vis >= 0.5, fg_depth_truth, bg_depth)
     return {"image": image, "mask": vis, "depth": depth, "depth_valid": (depth > 0).float(), "bg": bg}
