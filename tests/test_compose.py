@@ -118,7 +118,7 @@ def test_mask_is_the_cutouts_alpha_where_unoccluded(flip):
 
 def test_window_holds_exactly_the_full_frame():
     bgs, cutouts = banks(pillar=True)
-    cfg = ComposeConfig(shadow_prob=0.7, relief=0.2, cast_prob=0.7, reflection_prob=0.7)
+    cfg = ComposeConfig(shadow_prob=0.7, relief=0.2, cast_prob=0.7, reflection_prob=0.7, camo_prob=0.7)
     p = draw(bgs, cutouts, n=24, seed=5, cfg=cfg)
     assert (p.cast > 0).any() and (p.reflection > 0).any() and ((p.cast > 0) & (p.light[:, 1] < 0)).any()
     full = composite(bgs, cutouts, p, cfg)
@@ -149,7 +149,7 @@ def test_shadow_darkens_the_floor_only_and_not_the_truth():
     assert (shaded["image"] < lit["image"] - 0.05).any()
 
 
-ONLY = dict(shadow_prob=0.0, cast_prob=0.0, reflection_prob=0.0)
+ONLY = dict(shadow_prob=0.0, cast_prob=0.0, reflection_prob=0.0, camo_prob=0.0)
 
 
 def test_cast_shadow_darkens_the_floor_along_the_light_and_leaves_the_truth():
@@ -205,9 +205,50 @@ def test_reflection_mirrors_the_cutout_below_the_contact():
     assert (diff[:, 0][changed] > diff[:, 1][changed]).float().mean() > 0.9  # it reflects the red box: redder
 
 
+@pytest.mark.parametrize("patch", [False, True])
+def test_camouflage_takes_the_colours_behind_the_cutout(patch):
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(**{**ONLY, "camo_prob": 1.0}, camo_amount=(0.9, 0.9), camo_patch=float(patch))
+    p = draw(bgs, cutouts, n=32, seed=3, cfg=cfg)
+    assert (p.camo == 0.9).all() and (p.camo_patch == patch).all()
+    plain = composite(bgs, cutouts, dataclasses.replace(p, camo=torch.zeros(len(p))), cfg)
+    camo = composite(bgs, cutouts, p, cfg)
+    assert torch.equal(plain["mask"], camo["mask"]) and torch.equal(plain["depth"], camo["depth"])
+    inside = (plain["mask"] > 0.5).expand(-1, 3, -1, -1)
+    outside = ~(plain["mask"] > 0).expand(-1, 3, -1, -1)
+    assert torch.equal(plain["image"][outside], camo["image"][outside])
+    err_plain = (plain["image"] - plain["bg"]).abs()[inside].mean()
+    err_camo = (camo["image"] - camo["bg"]).abs()[inside].mean()
+    assert err_camo < 0.6 * err_plain  # differencing sees much less of the object
+    # mean-colour camouflage: the object's average colour is the background's under its box
+    if not patch:
+        m = plain["mask"][:, 0] > 0.99
+        for i in range(len(p)):
+            if m[i].sum() > 20:
+                seen = camo["image"][i][:, m[i]].mean(1)
+                mine = plain["image"][i][:, m[i]].mean(1)
+                torch.testing.assert_close(seen, 0.1 * mine + 0.9 * p.camo_color[i], atol=0.02, rtol=0)
+
+
+def test_box_mean_colour_is_the_background_under_the_box():
+    # a background whose red grows along x and green along y: the mean over a box is its centre's colour
+    _, depth, floor, f = ground_plane(0)
+    ramp = np.zeros((H, W, 3), np.uint8)
+    ramp[..., 0] = ((np.arange(W) + 0.5) / W * 255).astype(np.uint8)[None]
+    ramp[..., 1] = ((np.arange(H) + 0.5) / H * 255).astype(np.uint8)[:, None]
+    bgs = BackgroundBank.from_arrays([ramp], [depth], [floor], [f])
+    _, cutouts = banks()
+    p = draw(bgs, cutouts, n=16, seed=6)
+    for i in range(len(p)):
+        x0, y0, x1, y1 = p.box[i].clamp(min=0).tolist()
+        region = bgs.image[0, :, int(y0):int(np.ceil(y1)), int(x0):min(W, int(np.ceil(x1)))]
+        torch.testing.assert_close(p.camo_color[i], region.float().mean((1, 2)) / 255, atol=0.03, rtol=0)
+    assert p.camo_color[:, 0].std() > 0.1 and p.camo_color[:, 1].std() > 0.03  # the boxes do differ
+
+
 def test_placements_and_composites_are_seeded():
     bgs, cutouts = banks()
-    cfg = ComposeConfig(cast_prob=0.5, reflection_prob=0.5)
+    cfg = ComposeConfig(cast_prob=0.5, reflection_prob=0.5, camo_prob=0.5)
     a, b, c = (composite(bgs, cutouts, draw(bgs, cutouts, n=12, seed=s, cfg=cfg), cfg) for s in (4, 4, 5))
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["image"], c["image"])
 

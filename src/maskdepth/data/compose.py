@@ -11,6 +11,9 @@ elliptical contact shadow around the contact point, a cast shadow (the cutout's 
 onto the floor along a random light direction, softened by sampling a coarser mip level) and, on some floors, a
 faint mirrored reflection below the contact that fades with distance. All of them darken or tint floor pixels
 only.
+A camouflaged cutout takes its colours from the background behind it (its texture blended toward the mean
+colour of the background under its box, or toward a nearby patch of the background), so that |image - bg| is
+small inside the mask too.
 
 Nothing here loops over samples or reads a tensor back to the host, so on CUDA a batch is a few kernels.
 """
@@ -49,6 +52,12 @@ class ComposeConfig:
     reflection_prob: float = 0.25
     reflection_strength: tuple[float, float] = (0.08, 0.3)
     reflection_fade: float = 0.6
+    # camouflage: the cutout's colour blended by camo_amount toward the background's mean colour under its box or,
+    # with probability camo_patch, toward a background patch camo_offset box widths to the side
+    camo_prob: float = 0.25
+    camo_amount: tuple[float, float] = (0.5, 0.9)
+    camo_patch: float = 0.5
+    camo_offset: tuple[float, float] = (0.3, 1.0)
 
 
 @dataclass
@@ -70,6 +79,10 @@ class Placement:
     light: torch.Tensor  # (N,2) float32 (kx, ky) of the cast shadow (see ComposeConfig)
     cast_level: torch.Tensor  # (N,) int64 mip level the cast shadow samples (coarser than `level`: softer)
     reflection: torch.Tensor  # (N,) float32 floor-reflection strength, 0 = none
+    camo: torch.Tensor  # (N,) float32 camouflage blend, 0 = none
+    camo_patch: torch.Tensor  # (N,) bool: toward a background patch (else toward the mean colour)
+    camo_color: torch.Tensor  # (N,3) float32 in [0,1]: the background's mean colour under the box
+    camo_offset: torch.Tensor  # (N,2) float32 (x, y) pixels from a point to the patch pixel it takes
 
     def __len__(self) -> int:
         return self.bg_idx.shape[0]
@@ -137,15 +150,37 @@ def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Te
     soft = torch.randint(0, cfg.cast_soft + 1, (n,), generator=generator, device=device)
     reflect_on = torch.rand(n, generator=generator, device=device) < cfg.reflection_prob
     reflection = _uniform(n, cfg.reflection_strength, generator, device) * reflect_on
+    camo_on = torch.rand(n, generator=generator, device=device) < cfg.camo_prob
+    camo = _uniform(n, cfg.camo_amount, generator, device) * camo_on
+    patch = torch.rand(n, generator=generator, device=device) < cfg.camo_patch
+    side = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    offset = torch.stack([side * _uniform(n, cfg.camo_offset, generator, device) * width,
+                          _uniform(n, (-0.2, 0.2), generator, device) * height], dim=1)
+    u, v = take(u), take(v)
     return Placement(
         bg_idx=bg_idx, fg_idx=fg_idx, flip=flip.bool(),
-        contact=torch.stack([take(u), take(v)], dim=1), contact_depth=take(d),
+        contact=torch.stack([u, v], dim=1), contact_depth=take(d),
         depth_known=torch.gather(known, 1, choice)[:, 0],
         height_px=height, width_px=width, level=level, shadow=strength,
         scale=height / cutouts.src_hw[fg_idx, 0],
         cast=cast, light=torch.stack([kx, ky], dim=1), cast_level=(level + soft).clamp(max=cutouts.levels - 1),
-        reflection=reflection,
+        reflection=reflection, camo=camo, camo_patch=patch,
+        camo_color=_box_mean_colour(bgs, bg_idx, u, v, width, height), camo_offset=offset,
     )
+
+
+def _box_mean_colour(bgs: BackgroundBank, bg_idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                     width: torch.Tensor, height: torch.Tensor, k: int = 8) -> torch.Tensor:
+    """(N,3) mean colour of each background over a k x k grid of points spread over the box (clamped to the
+    picture): the colour behind the object, read from the bank, so it does not depend on any window."""
+    h_img, w_img = bgs.size
+    n = bg_idx.shape[0]
+    f = (torch.arange(k, device=u.device, dtype=u.dtype) + 0.5) / k
+    xs = (u[:, None] + (f[None] - 0.5) * width[:, None]).floor().long().clamp(0, w_img - 1)  # (N,k)
+    ys = (v[:, None] - f[None] * height[:, None]).floor().long().clamp(0, h_img - 1)
+    pix = (ys[:, :, None] * w_img + xs[:, None, :]).view(n, 1, k * k).expand(n, 3, k * k)
+    flat = bgs.image.reshape(len(bgs), 3, -1)[bg_idx]  # (N,3,H*W) uint8
+    return torch.gather(flat, 2, pix).float().mean(2) / 255.0
 
 
 def _reflection_level(cutouts: CutoutBank, p: Placement) -> torch.Tensor:
@@ -288,6 +323,14 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     fg = F.grid_sample(cutouts.atlas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     fg = fg.view(4, n, 3, hw, ww).permute(2, 1, 0, 3, 4)  # (3, N, 4, H, W)
     fg_rgb, alpha = fg[0, :, :3], fg[0, :, 3:]
+    # camouflage: colour (premultiplied) blended toward the background's mean colour or a patch of it
+    ox, oy = p.camo_offset.unbind(1)
+    px = (xs + col(ox)).floor().long().clamp(0, w_img - 1)  # (N,1,1,W)
+    py = (ys + col(oy)).floor().long().clamp(0, h_img - 1)  # (N,1,H,1)
+    planes = (col(p.bg_idx) * 3 + torch.arange(3, device=device).view(1, 3, 1, 1)) * h_img  # (N,3,1,1)
+    patch = bgs.image.reshape(-1)[((planes + py) * w_img + px)].float() / 255.0  # (N,3,H,W)
+    target = torch.where(col(p.camo_patch), patch, p.camo_color.view(n, 3, 1, 1))
+    fg_rgb = torch.lerp(fg_rgb, alpha * target, col(p.camo))
     cast_alpha, ref_rgba = fg[1, :, 3:], fg[2]
 
     tx, ty = (col(t) for t in _texel_px(cutouts, p))

@@ -296,6 +296,7 @@ def build_shard(plan: Plan, index: int) -> int:
     scale, depth_c, shadow = p.scale.numpy(), p.contact_depth.numpy(), p.shadow.numpy()
     known = p.depth_known.numpy()
     cast, light, reflection = p.cast.numpy(), p.light.numpy(), p.reflection.numpy()
+    camo, camo_patch = p.camo.numpy(), p.camo_patch.numpy()
     encoded: list[tuple[str, dict[str, bytes]] | None] = [None] * len(k)
     samples = render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
     if plan.cfg.teacher and plan.cfg.teacher_mode == "per-composite":
@@ -306,7 +307,8 @@ def build_shard(plan: Plan, index: int) -> int:
                 "contact_depth": round(float(depth_c[i]), 4), "depth_known": bool(known[i]),
                 "shadow": round(float(shadow[i]), 3), "cast_shadow": round(float(cast[i]), 3),
                 "light": [round(float(light[i, 0]), 3), round(float(light[i, 1]), 3)],
-                "reflection": round(float(reflection[i]), 3)}
+                "reflection": round(float(reflection[i]), 3), "camouflage": round(float(camo[i]), 3),
+                "camouflage_patch": bool(camo_patch[i])}
         encoded[i] = (f"{split}-{int(k[i]):07d}", {
             "fg_bg.jpg": encode_jpeg(image, JPEG_QUALITY),
             "mask.png": encode_png(mask),
