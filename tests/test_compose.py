@@ -417,3 +417,17 @@ def test_jpeg_roundtrip_resembles_a_real_codec():
         err_ours = np.sqrt(((ours - img) ** 2).mean())
         assert 0.5 * err_real < err_ours < 2 * err_real + 0.5
         assert np.sqrt(((ours - real) ** 2).mean()) < 3.0
+
+
+def test_effects_on_a_subset_equal_effects_on_every_sample(monkeypatch):
+    # the CPU computes shadows, reflections and camouflage only where they are on; a GPU computes them for every
+    # sample (strength 0 where off): both must give the same bits
+    import maskdepth.data.compose as compose
+
+    bgs, cutouts = banks(pillar=True)
+    cfg = ComposeConfig(cast_prob=0.5, reflection_prob=0.5, camo_prob=0.5, shadow_prob=0.5)
+    p = draw(bgs, cutouts, n=24, seed=9, cfg=cfg)
+    subset = composite(bgs, cutouts, p, cfg)
+    monkeypatch.setattr(compose, "_drawn", lambda on: None)
+    every = composite(bgs, cutouts, p, cfg)
+    assert all(torch.equal(subset[k], every[k]) for k in subset)

@@ -273,6 +273,83 @@ def _window(t: torch.Tensor, b: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor
     return torch.gather(out, 3, cols)
 
 
+def _drawn(on: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the samples where an optional effect is on, on the CPU (where computing only those is worth a
+    look at `on`); None elsewhere: compute all, since reading `on` back would stall the GPU. An effect computed for
+    a sample where it is off leaves it exactly unchanged, so both give the same bits."""
+    return on.nonzero()[:, 0] if on.device.type == "cpu" else None
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """t's samples `idx` (all of them for None)."""
+    return t if idx is None else t[idx]
+
+
+def _scatter(vals: torch.Tensor, idx: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(N, ...) with `vals` at the samples `idx` and zeros elsewhere (vals itself for None)."""
+    if idx is None:
+        return vals
+    return vals.new_zeros((n, *vals.shape[1:])).index_copy_(0, idx, vals)
+
+
+def _subset(p: Placement, idx: torch.Tensor | None) -> Placement:
+    return p if idx is None else p.select(idx)
+
+
+def _put(t: torch.Tensor, idx: torch.Tensor | None, vals: torch.Tensor) -> torch.Tensor:
+    """t with its samples `idx` replaced by vals (vals itself for None)."""
+    return vals if idx is None else t.index_copy(0, idx, vals)
+
+
+def _cast_grid(cutouts: CutoutBank, c: Placement, xs: torch.Tensor, ys: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where floor pixel (x, y) looks up the silhouette that shades it: a point t = (v - y) / ky above the contact,
+    at x_o = x - kx * t. Returns the (K,H,W,2) atlas grid at the cast level and (K,1,H,W) 1 where that point lies
+    in the box and its fringe (beyond it the grid runs into neighbouring atlas cells)."""
+    k, hw, ww = xs.shape[0], ys.shape[2], xs.shape[3]
+    kx, ky = (t.view(k, 1, 1, 1) for t in c.light.unbind(1))
+    u, v = (t.view(k, 1, 1, 1) for t in c.contact.unbind(1))
+    t = (v - ys) / ky  # (K,1,H,1)
+    x_o = xs - kx * t  # (K,1,H,W)
+    sx, sbx, sy, sby = (a.view(k, 1, 1, 1) for a in _atlas_map(cutouts, c, c.cast_level))
+    grid = torch.stack([(sx * x_o + sbx)[:, 0], (sy * (v - t) + sby).expand(k, 1, hw, ww)[:, 0]], dim=-1)
+    tx, ty = (a.view(k, 1, 1, 1) for a in _texel_px(cutouts, c, c.cast_level))
+    height = c.height_px.view(k, 1, 1, 1)
+    inside = ((x_o - u).abs() <= c.width_px.view(k, 1, 1, 1) / 2 + tx) & (t >= -ty) & (t <= height + ty)
+    return grid, inside.float()
+
+
+def _mirror_grid(cutouts: CutoutBank, r: Placement, xs: torch.Tensor, ys: torch.Tensor, cfg: ComposeConfig
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reflection below the contact row: (K,H,W,2) atlas grid, mirrored about row v at one level coarser
+    (a glossy floor blurs), and (K,1,H,W) its strength: full at the contact, gone at reflection_fade of the
+    height, inside the box and fringe of that level, below the contact only."""
+    k, hw, ww = xs.shape[0], ys.shape[2], xs.shape[3]
+    level = _reflection_level(cutouts, r)
+    u, v = (t.view(k, 1, 1, 1) for t in r.contact.unbind(1))
+    fx, fbx, fy, fby = (a.view(k, 1, 1, 1) for a in _atlas_map(cutouts, r, level))
+    grid = torch.stack([(fx * xs + fbx).expand(k, 1, hw, ww)[:, 0], (fy * (2 * v - ys) + fby).expand(k, 1, hw, ww)[:, 0]],
+                       dim=-1)
+    tx, _ = (a.view(k, 1, 1, 1) for a in _texel_px(cutouts, r, level))
+    height = r.height_px.view(k, 1, 1, 1)
+    fade = (1 - (ys - v) / (cfg.reflection_fade * height)).clamp_(0, 1) * (ys >= v).float()  # (K,1,H,1)
+    across = ((xs - u).abs() <= r.width_px.view(k, 1, 1, 1) / 2 + tx).float()  # (K,1,1,W)
+    return grid, across * fade * r.reflection.view(k, 1, 1, 1)
+
+
+def _camo_target(bgs: BackgroundBank, c: Placement, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """(K,3,H,W) the colour a camouflaged cutout takes: the background's mean under the box, or the background
+    patch camo_offset away, read from the bank at absolute coordinates (never from the window)."""
+    h_img, w_img = bgs.size
+    k = xs.shape[0]
+    ox, oy = (t.view(k, 1, 1, 1) for t in c.camo_offset.unbind(1))
+    px = (xs + ox).floor().long().clamp(0, w_img - 1)  # (K,1,1,W)
+    py = (ys + oy).floor().long().clamp(0, h_img - 1)  # (K,1,H,1)
+    planes = (c.bg_idx.view(k, 1, 1, 1) * 3 + torch.arange(3, device=xs.device).view(1, 3, 1, 1)) * h_img
+    patch = bgs.image.reshape(-1)[(planes + py) * w_img + px].float() / 255.0
+    return torch.where(c.camo_patch.view(k, 1, 1, 1), patch, c.camo_color.view(k, 3, 1, 1))
+
+
 def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: ComposeConfig,
               origin: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Composite N placements: float32 `image` (N,3,H,W) in [0,1], `mask`, `depth`, `depth_valid` (N,1,H,W) and
@@ -300,44 +377,32 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     u = p.contact[:, 0].view(n, 1, 1, 1)
     v = p.contact[:, 1].view(n, 1, 1, 1)
     half_w = (p.width_px / 2).view(n, 1, 1, 1)
-    y_top = y0.view(n, 1, 1, 1)
 
-    def col(t: torch.Tensor) -> torch.Tensor:
-        return t.view(n, 1, 1, 1)
+    # the object, its cast shadow and its reflection from the shared atlas in one grid_sample call, all grids
+    # stacked as one tall image; shadows, reflections and camouflage only for the samples that have them
+    cast_idx, ref_idx, camo_idx = _drawn(p.cast > 0), _drawn(p.reflection > 0), _drawn(p.camo > 0)
+    ax, bx, ay, by = (t.view(n, 1, 1, 1) for t in _atlas_map(cutouts, p, p.level))
+    obj_grid = torch.stack([(ax * xs + bx).view(n, 1, ww).expand(n, hw, ww),
+                            (ay * ys + by).view(n, hw, 1).expand(n, hw, ww)], dim=-1)
+    cast_grid, in_cast = _cast_grid(cutouts, _subset(p, cast_idx), _rows(xs, cast_idx), _rows(ys, cast_idx))
+    ref_grid, gloss = _mirror_grid(cutouts, _subset(p, ref_idx), _rows(xs, ref_idx), _rows(ys, ref_idx), cfg)
+    k_cast, k_ref = cast_grid.shape[0], ref_grid.shape[0]
+    k = n + k_cast + k_ref
+    fg = F.grid_sample(cutouts.atlas, torch.cat([obj_grid, cast_grid, ref_grid]).view(1, k * hw, ww, 2),
+                       mode="bilinear", padding_mode="zeros", align_corners=False)
+    fg = fg.view(4, k, hw, ww).transpose(0, 1)  # (K,4,H,W)
+    fg_rgb, alpha = fg[:n, :3], fg[:n, 3:]
+    if camo_idx is None or camo_idx.numel():
+        c = _subset(p, camo_idx)
+        blended = torch.lerp(_rows(fg_rgb, camo_idx), _rows(alpha, camo_idx) * _camo_target(
+            bgs, c, _rows(xs, camo_idx), _rows(ys, camo_idx)), c.camo.view(-1, 1, 1, 1))
+        fg_rgb = _put(fg_rgb, camo_idx, blended)
 
-    # three samplings of the atlas, each a grid per sample: the object; its cast shadow, where floor pixel (x, y)
-    # shows the silhouette at height t = (v - y) / ky, x_o = x - kx * t; its reflection, mirrored about row v
-    ax, bx, ay, by = (col(t) for t in _atlas_map(cutouts, p, p.level))
-    obj = torch.stack([(ax * xs + bx).expand(n, 1, hw, ww), (ay * ys + by).expand(n, 1, hw, ww)], dim=-1)
-    kx, ky = (col(t) for t in p.light.unbind(1))
-    t_cast = (v - ys) / ky  # (N,1,H,1)
-    x_cast = xs - kx * t_cast  # (N,1,H,W)
-    sx, sbx, sy, sby = (col(t) for t in _atlas_map(cutouts, p, p.cast_level))
-    shadow_grid = torch.stack([sx * x_cast + sbx, (sy * (v - t_cast) + sby).expand(n, 1, hw, ww)], dim=-1)
-    reflect_level = _reflection_level(cutouts, p)
-    fx, fbx, fy, fby = (col(t) for t in _atlas_map(cutouts, p, reflect_level))
-    mirror = torch.stack([(fx * xs + fbx).expand(n, 1, hw, ww), (fy * (2 * v - ys) + fby).expand(n, 1, hw, ww)],
-                         dim=-1)
-    # every sample's cutout from the shared atlas in one call: the 3N grids stacked as one tall image
-    grid = torch.cat([obj, shadow_grid, mirror], dim=1).view(1, 3 * n * hw, ww, 2)
-    fg = F.grid_sample(cutouts.atlas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    fg = fg.view(4, n, 3, hw, ww).permute(2, 1, 0, 3, 4)  # (3, N, 4, H, W)
-    fg_rgb, alpha = fg[0, :, :3], fg[0, :, 3:]
-    # camouflage: colour (premultiplied) blended toward the background's mean colour or a patch of it
-    ox, oy = p.camo_offset.unbind(1)
-    px = (xs + col(ox)).floor().long().clamp(0, w_img - 1)  # (N,1,1,W)
-    py = (ys + col(oy)).floor().long().clamp(0, h_img - 1)  # (N,1,H,1)
-    planes = (col(p.bg_idx) * 3 + torch.arange(3, device=device).view(1, 3, 1, 1)) * h_img  # (N,3,1,1)
-    patch = bgs.image.reshape(-1)[((planes + py) * w_img + px)].float() / 255.0  # (N,3,H,W)
-    target = torch.where(col(p.camo_patch), patch, p.camo_color.view(n, 3, 1, 1))
-    fg_rgb = torch.lerp(fg_rgb, alpha * target, col(p.camo))
-    cast_alpha, ref_rgba = fg[1, :, 3:], fg[2]
-
-    tx, ty = (col(t) for t in _texel_px(cutouts, p))
+    tx, ty = (t.view(n, 1, 1, 1) for t in _texel_px(cutouts, p))
     dx = xs - u  # (N,1,1,W): per-column and per-row terms stay small until they meet
     # the box plus one texel of bilinear fringe; beyond it the grid runs into neighbouring atlas cells
     in_x = (dx.abs() <= half_w + tx).float()
-    in_y = ((ys >= y_top - ty) & (ys <= v + ty)).float()
+    in_y = ((ys >= y0.view(n, 1, 1, 1) - ty) & (ys <= v + ty)).float()
     # foreground depth: the contact depth, nearer by a half-cylinder bulge across the width when relief > 0
     bulge = (1 - (dx / half_w) * (dx / half_w)).clamp(min=0).sqrt()
     width_m = (p.width_px * p.contact_depth / bgs.focal_px[p.bg_idx]).view(n, 1, 1, 1)
@@ -345,13 +410,12 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     shown = (fg_depth <= bg_place).float().mul_(in_x).mul_(in_y)  # the z-buffer test, inside the box
     vis = alpha * shown
 
-    # the floor reflection (blurred by a coarser level), strongest at the contact and gone at reflection_fade of
-    # the height; inside the box and fringe of its level, below the contact row only
-    rx_t, _ = (col(t) for t in _texel_px(cutouts, p, reflect_level))
-    fade = (1 - (ys - v) / (cfg.reflection_fade * col(p.height_px))).clamp_(0, 1) * (ys >= v).float()
-    gloss = (dx.abs() <= half_w + rx_t).float() * fade * floor * col(p.reflection)  # (N,1,H,W)
-    floor_bg = torch.addcmul(bg * (1 - gloss * ref_rgba[:, 3:]), ref_rgba[:, :3], gloss)
-
+    # the floor reflection tints the background, premultiplied: bg (1 - g a) + g rgb
+    floor_bg = bg
+    if k_ref:
+        g = gloss * _rows(floor, ref_idx)
+        ref_rgba = fg[n + k_cast:]
+        floor_bg = _put(bg, ref_idx, torch.addcmul(_rows(bg, ref_idx) * (1 - g * ref_rgba[:, 3:]), ref_rgba[:, :3], g))
     # contact shadow on the floor, compact and smooth: strength * (1 - r^2)^2 inside the ellipse
     rx = cfg.shadow_width * half_w
     ry = rx * cfg.shadow_aspect
@@ -359,10 +423,10 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     fall = ((1 - ex * ex) - ey * ey).clamp_(min=0)
     keep = 1 - vis
     keep.mul_(1 - fall.mul_(fall).mul_(floor).mul_(p.shadow.view(n, 1, 1, 1)))  # (1 - vis) * shade
-    # the cast shadow, where the sheared point lies inside the silhouette's box and fringe at its level
-    cx_t, cy_t = (col(t) for t in _texel_px(cutouts, p, p.cast_level))
-    in_cast = ((x_cast - u).abs() <= half_w + cx_t) & (t_cast >= -cy_t) & (t_cast <= col(p.height_px) + cy_t)
-    keep.mul_(1 - cast_alpha * in_cast.float() * floor * col(p.cast))
+    if k_cast:  # the cast shadow darkens the floor where the silhouette falls
+        strength = _subset(p, cast_idx).cast.view(-1, 1, 1, 1)
+        term = 1 - fg[n:n + k_cast, 3:] * in_cast * _rows(floor, cast_idx) * strength
+        keep = _put(keep, cast_idx, _rows(keep, cast_idx) * term)
 
     image = torch.addcmul(floor_bg * keep, fg_rgb, shown).clamp_(0, 1)
     fg_depth_truth = fg_depth * p.depth_known.view(n, 1, 1, 1)  # unknown where the background's depth is
