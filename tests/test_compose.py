@@ -431,3 +431,49 @@ def test_effects_on_a_subset_equal_effects_on_every_sample(monkeypatch):
     monkeypatch.setattr(compose, "_drawn", lambda on: None)
     every = composite(bgs, cutouts, p, cfg)
     assert all(torch.equal(subset[k], every[k]) for k in subset)
+
+
+def test_camera_response_is_the_same_on_both_captures():
+    x = torch.rand(16, 3, 32, 40) * 0.7 + 0.15
+    cfg = dataclasses.replace(CaptureConfig.off(), gradient_p=1.0, vignette_p=1.0, clip_exposure_p=1.0, blur_p=1.0,
+                              camera_jpeg_p=1.0)
+    from maskdepth.data.capture import apply_camera
+
+    image, bg = apply_camera(x, x.clone(), cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(image, bg)  # one camera: the same scene gives the same pictures
+    assert (image - x).abs().mean() > 0.02
+    again = apply_camera(x, x.clone(), cfg, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(image, again)
+    noisy = dataclasses.replace(cfg, sensor_noise_p=1.0, sensor_noise=(0.02, 0.02))
+    image, bg = apply_camera(x, x.clone(), noisy, torch.Generator().manual_seed(0))
+    assert 0.01 < (image - bg).std() < 0.05  # each capture has its own noise
+    assert torch.equal(apply_camera(x, x, CaptureConfig.off(), None)[0], x)
+
+
+def test_camera_gradient_vignette_and_clipping_shape_the_gain():
+    flat = torch.full((64, 3, 33, 33), 0.5)
+    from maskdepth.data.capture import apply_camera
+
+    vig = dataclasses.replace(CaptureConfig.off(), vignette_p=1.0, vignette=0.4)
+    out = apply_camera(flat, flat, vig, torch.Generator().manual_seed(0))[0][:, 0]
+    centre, corner = out[:, 16, 16], out[:, 0, 0]
+    assert (centre > 0.499).all() and (corner < centre).all() and corner.min() < 0.35
+    grad = dataclasses.replace(CaptureConfig.off(), gradient_p=1.0, gradient=0.3)
+    out = apply_camera(flat, flat, grad, torch.Generator().manual_seed(0))[0][:, 0]
+    spread = out.amax((1, 2)) - out.amin((1, 2))
+    assert spread.max() > 0.2 and spread.max() <= 0.5 * 0.6 * math.sqrt(2) + 1e-4
+    torch.testing.assert_close(out.mean((1, 2)), torch.full((64,), 0.5), atol=2e-3, rtol=0)  # a tilt, not a gain
+    over = dataclasses.replace(CaptureConfig.off(), clip_exposure_p=1.0, clip_exposure=(1.8, 1.8))
+    bright = apply_camera(torch.full((2, 3, 8, 8), 0.7), torch.zeros(2, 3, 8, 8), over, None)[0]
+    assert (bright == 1).all()  # over-exposed: clipped
+
+
+def test_camera_blur_spreads_a_point():
+    x = torch.zeros(4, 3, 15, 15)
+    x[:, :, 7, 7] = 1
+    from maskdepth.data.capture import apply_camera
+
+    cfg = dataclasses.replace(CaptureConfig.off(), blur_p=1.0, blur_sigma=(0.8, 0.8))
+    out = apply_camera(x, x, cfg, None)[0]
+    torch.testing.assert_close(out.sum((2, 3)), torch.ones(4, 3))  # energy kept
+    assert (out[:, :, 7, 7] < 0.5).all() and (out[:, :, 7, 8] > 0.05).all()

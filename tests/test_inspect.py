@@ -95,15 +95,19 @@ def test_to_uint8_overlay_and_grid():
 
 
 def test_show_with_capture_changes_only_the_bg_tiles(data):
+    import dataclasses
+
     from maskdepth.data.capture import CaptureConfig
     from maskdepth.data.inspect import show_grid
 
     plain = show_grid(data, n=4, tile=40).astype(int)
-    captured = show_grid(data, n=4, tile=40, capture=CaptureConfig(noise_p=1.0, noise_sigma=(0.05, 0.05)))
+    bg_only = dataclasses.replace(CaptureConfig.off(), noise_p=1.0, noise_sigma=(0.05, 0.05))
+    captured = show_grid(data, n=4, tile=40, capture=bg_only)
     assert captured.shape == plain.shape
     tile_w = (plain.shape[1] - 2) // 4  # one quartet per row: bg | fg_bg | mask | depth, 2 px gaps
     changed = np.abs(captured.astype(int) - plain).sum(axis=(0, 2))  # per column
     assert changed[:tile_w].sum() > 0  # the bg column
     assert changed[tile_w + 2:].sum() == 0  # fg_bg, mask and depth as stored
-    assert np.array_equal(show_grid(data, n=4, tile=40, capture=CaptureConfig()),
-                          show_grid(data, n=4, tile=40, capture=CaptureConfig()))  # seeded
+    full = show_grid(data, n=4, tile=40, capture=CaptureConfig(gradient_p=1.0, vignette_p=1.0))
+    assert np.array_equal(full, show_grid(data, n=4, tile=40, capture=CaptureConfig(gradient_p=1.0, vignette_p=1.0)))
+    assert np.abs(full.astype(int) - plain)[:, tile_w + 2:2 * tile_w + 2].sum() > 0  # the camera changes fg_bg too

@@ -57,7 +57,8 @@ def register(dsub) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="which samples (default 0)")
     p.add_argument("--tile", type=int, default=160, metavar="PX", help="largest tile side in pixels (default 160)")
     p.add_argument("--capture", action="store_true",
-                   help="show bg as training sees it: re-captured with the default capture jitter (camera nudge, "
+                   help="show bg and fg_bg as training sees them: the default camera response on both (light "
+                        "gradient, vignette, clipping, blur, noise, JPEG), then bg re-captured (camera nudge, "
                         "colour, noise, JPEG)")
     p.add_argument("--force", action="store_true", help="overwrite FILE.png if it exists")
     p.set_defaults(func=_show)

@@ -1,7 +1,9 @@
 """Background-capture realism: the bg input is a separate capture of the empty scene, not the composite's own pixels.
 
-Every training batch's `bg` passes through `apply_capture`, the way BackgroundMattingV2 trains its background
-input: a nudged camera (shift, small rotation and scale, all in one affine `grid_sample`), a colour change
+Before that, `apply_camera` gives `image` and `bg` alike the look of one real camera (the same draw for both
+captures, except for their sensor noise): a lighting gradient across the frame, vignetting, over- or
+under-exposure that clips, a slight blur, sensor noise and JPEG. Then every training batch's `bg` passes through
+`apply_capture`, the way BackgroundMattingV2 trains its background input: a nudged camera (shift, small rotation and scale, all in one affine `grid_sample`), a colour change
 (exposure, white balance, contrast, gamma), sensor noise and JPEG re-compression, each with its own probability
 and a fresh draw per sample. Without it a model could find the foreground by thresholding |image - bg|. Batched
 torch, the same on CPU and CUDA, and no host syncs, so it can run inside the on-the-fly generator.
@@ -39,6 +41,19 @@ class CaptureConfig:
     noise_sigma: tuple[float, float] = (0.0, 0.02)  # gaussian sensor noise, in [0,1] units
     jpeg_p: float = 0.5
     jpeg_quality: tuple[float, float] = (60.0, 95.0)
+    # camera response, the same on image and bg (apply_camera, before the above)
+    gradient_p: float = 0.5
+    gradient: float = 0.3  # gain 1 -+ this from one side of the frame to the other, in a random direction
+    vignette_p: float = 0.4
+    vignette: float = 0.4  # largest darkening in the corners
+    clip_exposure_p: float = 0.3
+    clip_exposure: tuple[float, float] = (0.6, 1.8)  # gain of an under- or over-exposed camera; highlights clip
+    blur_p: float = 0.3
+    blur_sigma: tuple[float, float] = (0.3, 1.0)  # gaussian, pixels
+    sensor_noise_p: float = 0.5
+    sensor_noise: tuple[float, float] = (0.0, 0.015)  # sigma; each capture draws its own noise
+    camera_jpeg_p: float = 0.5
+    camera_jpeg_quality: tuple[float, float] = (70.0, 95.0)
 
     @classmethod
     def off(cls) -> CaptureConfig:
@@ -91,6 +106,52 @@ def warp(x: torch.Tensor, shift: torch.Tensor, angle: torch.Tensor, scale: torch
 
 def _mean_grey(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable gaussian blur of each image (N,C,H,W) with its own sigma (N,) (5 taps: sigma <= 1 px)."""
+    n, c, h, w = x.shape
+    taps = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (taps / sigma.view(n, 1).clamp(min=1e-3)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C,5)
+    y = F.pad(x.reshape(1, n * c, h, w), (2, 2, 2, 2), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, 5), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, 5, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def apply_camera(image: torch.Tensor, bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, bg), both (N,3,H,W) in [0,1], as one camera would record them: the same lighting gradient,
+    vignetting, clipping exposure, blur and JPEG quality on both, and sensor noise drawn for each. Mask and depth
+    are untouched (these change colours, never where things are)."""
+    n, _, h, w = image.shape
+    dev, dt = image.device, image.dtype
+    grad = _draw(n, cfg.gradient_p, (-cfg.gradient, cfg.gradient), 0.0, generator, dev)
+    theta = 2 * math.pi * torch.rand(n, generator=generator, device=dev)
+    vig = _draw(n, cfg.vignette_p, (0.0, cfg.vignette), 0.0, generator, dev)
+    gain = _draw(n, cfg.clip_exposure_p, cfg.clip_exposure, 1.0, generator, dev)
+    sigma = _draw(n, cfg.blur_p, cfg.blur_sigma, 0.0, generator, dev)
+    noise = _draw(n, cfg.sensor_noise_p, cfg.sensor_noise, 0.0, generator, dev)
+    jpeg_on = torch.rand(n, generator=generator, device=dev) < cfg.camera_jpeg_p
+    lo, hi = cfg.camera_jpeg_quality
+    quality = lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)
+    # one gain field per sample: exposure x gradient along direction theta x vignette, coordinates in [-1, 1]
+    xs = ((torch.arange(w, device=dev, dtype=dt) + 0.5) * (2 / w) - 1).view(1, 1, 1, w)
+    ys = ((torch.arange(h, device=dev, dtype=dt) + 0.5) * (2 / h) - 1).view(1, 1, h, 1)
+    along = torch.cos(theta).view(n, 1, 1, 1) * xs + torch.sin(theta).view(n, 1, 1, 1) * ys  # in [-1.4, 1.4]
+    r2 = (xs * xs + ys * ys) / 2  # 1 in the corners
+    field = gain.view(n, 1, 1, 1) * (1 + grad.view(n, 1, 1, 1) * along / math.sqrt(2)) \
+        * (1 - vig.view(n, 1, 1, 1) * r2)
+    out = []
+    for x in (image, bg):
+        y = _where_on(x, sigma > 0, lambda t, s: _gaussian_blur(t, sigma[s]))
+        y = y * field
+        y = _where_on(y, noise > 0, lambda t, s: t + noise[s].view(-1, 1, 1, 1) * torch.randn(
+            t.shape, generator=generator, device=dev, dtype=t.dtype))
+        y = y.clamp(0, 1)  # highlights clip, as a sensor's do
+        out.append(_where_on(y, jpeg_on, lambda t, s: jpeg_roundtrip(t, quality[s])))
+    return out[0], out[1]
 
 
 def apply_capture(bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generator | None) -> torch.Tensor:
