@@ -149,7 +149,7 @@ def test_shadow_darkens_the_floor_only_and_not_the_truth():
     assert (shaded["image"] < lit["image"] - 0.05).any()
 
 
-ONLY = dict(shadow_prob=0.0, cast_prob=0.0, reflection_prob=0.0, camo_prob=0.0)
+ONLY = dict(shadow_prob=0.0, cast_prob=0.0, reflection_prob=0.0, camo_prob=0.0, shade_prob=0.0)
 
 
 def test_cast_shadow_darkens_the_floor_along_the_light_and_leaves_the_truth():
@@ -244,6 +244,39 @@ def test_box_mean_colour_is_the_background_under_the_box():
         region = bgs.image[0, :, int(y0):int(np.ceil(y1)), int(x0):min(W, int(np.ceil(x1)))]
         torch.testing.assert_close(p.camo_color[i], region.float().mean((1, 2)) / 255, atol=0.03, rtol=0)
     assert p.camo_color[:, 0].std() > 0.1 and p.camo_color[:, 1].std() > 0.03  # the boxes do differ
+
+
+def test_shading_lights_the_cutout_like_the_background_around_it():
+    # a background brighter to the right: cutouts there are brighter, and each is lighter on its right side
+    _, depth, floor, f = ground_plane(0)
+    ramp = np.repeat(((np.arange(W) + 0.5) / W * 200 + 20).astype(np.uint8)[None, :, None], H, 0).repeat(3, 2)
+    bgs = BackgroundBank.from_arrays([ramp], [depth], [floor], [f])
+    grey = rect_cutout(40, 24, (100, 100, 100))
+    cutouts = CutoutBank.from_rgba([grey], [1.0], size=32)
+    cfg = ComposeConfig(**{**ONLY, "shade_prob": 1.0}, shade_top=(0.1, 0.1))
+    n = 64
+    g = torch.Generator().manual_seed(0)
+    p = sample_placements(bgs, cutouts, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                          torch.zeros(n, dtype=torch.bool), g, cfg)
+    u = p.contact[:, 0]
+    assert torch.corrcoef(torch.stack([u, p.fg_gain]))[0, 1] > 0.8  # brighter where the room is
+    assert (p.fg_tilt[:, 0] > 0).float().mean() > 0.8 and (p.fg_tilt[:, 1] == 0.1).all()
+    lo, hi = cfg.shade_gain
+    assert ((p.fg_gain >= lo) & (p.fg_gain <= hi)).all()
+    plain = composite(bgs, cutouts, dataclasses.replace(p, fg_gain=torch.ones(n), fg_tilt=torch.zeros(n, 2)), cfg)
+    lit = composite(bgs, cutouts, p, cfg)
+    assert torch.equal(plain["mask"], lit["mask"]) and torch.equal(plain["depth"], lit["depth"])
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    for i in range(n):
+        solid = (plain["mask"][i, 0] == 1) & (plain["image"][i, 0] > 0.3)
+        if solid.sum() < 10:
+            continue
+        across = (xs - u[i]) / (p.width_px[i] / 2)
+        up = (p.contact[i, 1] - ys) / p.height_px[i] * 2 - 1
+        expected = p.fg_gain[i] * (1 + p.fg_tilt[i, 0] * across + p.fg_tilt[i, 1] * up)
+        ratio = lit["image"][i, 0][solid] / plain["image"][i, 0][solid]
+        torch.testing.assert_close(ratio, expected[solid].clamp(max=1 / plain["image"][i, 0][solid]), atol=0.01,
+                                   rtol=0)
 
 
 def test_placements_and_composites_are_seeded():

@@ -11,7 +11,9 @@ elliptical contact shadow around the contact point, a cast shadow (the cutout's 
 onto the floor along a random light direction, softened by sampling a coarser mip level) and, on some floors, a
 faint mirrored reflection below the contact that fades with distance. All of them darken or tint floor pixels
 only.
-A camouflaged cutout takes its colours from the background behind it (its texture blended toward the mean
+A shaded cutout is lit like the spot it stands in: its brightness follows the background's under its box
+(relative to the whole frame's) and it grows lighter towards the side where the background is brighter, and
+towards its top. A camouflaged cutout takes its colours from the background behind it (its texture blended toward the mean
 colour of the background under its box, or toward a nearby patch of the background), so that |image - bg| is
 small inside the mask too.
 
@@ -52,6 +54,13 @@ class ComposeConfig:
     reflection_prob: float = 0.25
     reflection_strength: tuple[float, float] = (0.08, 0.3)
     reflection_fade: float = 0.6
+    # shading: gain (L_box / L_frame) ** shade_match within shade_gain, plus a tilt across the width toward the
+    # brighter side of the background (up to shade_tilt either way) and a lighter top (shade_top)
+    shade_prob: float = 0.7
+    shade_match: float = 0.5
+    shade_gain: tuple[float, float] = (0.6, 1.4)
+    shade_tilt: float = 0.35
+    shade_top: tuple[float, float] = (0.0, 0.25)
     # camouflage: the cutout's colour blended by camo_amount toward the background's mean colour under its box or,
     # with probability camo_patch, toward a background patch camo_offset box widths to the side
     camo_prob: float = 0.25
@@ -83,6 +92,8 @@ class Placement:
     camo_patch: torch.Tensor  # (N,) bool: toward a background patch (else toward the mean colour)
     camo_color: torch.Tensor  # (N,3) float32 in [0,1]: the background's mean colour under the box
     camo_offset: torch.Tensor  # (N,2) float32 (x, y) pixels from a point to the patch pixel it takes
+    fg_gain: torch.Tensor  # (N,) float32 brightness of the cutout (1: as drawn)
+    fg_tilt: torch.Tensor  # (N,2) float32 gain change across half its width (x) and up its height (y)
 
     def __len__(self) -> int:
         return self.bg_idx.shape[0]
@@ -157,6 +168,7 @@ def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Te
     offset = torch.stack([side * _uniform(n, cfg.camo_offset, generator, device) * width,
                           _uniform(n, (-0.2, 0.2), generator, device) * height], dim=1)
     u, v = take(u), take(v)
+    gain, tilt = _shading(bgs, bg_idx, u, v, width, height, generator, cfg)
     return Placement(
         bg_idx=bg_idx, fg_idx=fg_idx, flip=flip.bool(),
         contact=torch.stack([u, v], dim=1), contact_depth=take(d),
@@ -166,7 +178,37 @@ def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Te
         cast=cast, light=torch.stack([kx, ky], dim=1), cast_level=(level + soft).clamp(max=cutouts.levels - 1),
         reflection=reflection, camo=camo, camo_patch=patch,
         camo_color=_box_mean_colour(bgs, bg_idx, u, v, width, height), camo_offset=offset,
+        fg_gain=gain, fg_tilt=tilt,
     )
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    return rgb @ torch.tensor(_LUMA, device=rgb.device, dtype=rgb.dtype)
+
+
+def _shading(bgs: BackgroundBank, bg_idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor, width: torch.Tensor,
+             height: torch.Tensor, generator: torch.Generator | None, cfg: ComposeConfig
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain (N,), tilt (N,2)) lighting each cutout like the background around it (see ComposeConfig)."""
+    n, device = bg_idx.shape[0], u.device
+    h_img, w_img = bgs.size
+    on = torch.rand(n, generator=generator, device=device) < cfg.shade_prob
+    jitter = _uniform(n, (-0.5 * cfg.shade_tilt, 0.5 * cfg.shade_tilt), generator, device)
+    top = _uniform(n, cfg.shade_top, generator, device)
+    full_w, full_h = torch.full_like(u, float(w_img)), torch.full_like(u, float(h_img))
+    frame = _luma(_box_mean_colour(bgs, bg_idx, full_w / 2, full_h, full_w, full_h)).clamp(min=1e-3)
+    box = _luma(_box_mean_colour(bgs, bg_idx, u, v, width, height))
+    left = _luma(_box_mean_colour(bgs, bg_idx, u - width / 4, v, width / 2, height))
+    right = _luma(_box_mean_colour(bgs, bg_idx, u + width / 4, v, width / 2, height))
+    lo, hi = cfg.shade_gain
+    gain = (box.clamp(min=1e-3) / frame).pow(cfg.shade_match).clamp(lo, hi)
+    tilt_x = (2 * (right - left) / (right + left).clamp(min=1e-3) + jitter).clamp(-cfg.shade_tilt, cfg.shade_tilt)
+    gain = torch.where(on, gain, torch.ones_like(gain))
+    tilt = torch.stack([tilt_x, top], dim=1) * on.view(n, 1)
+    return gain, tilt
 
 
 def _box_mean_colour(bgs: BackgroundBank, bg_idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -392,6 +434,12 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
                        mode="bilinear", padding_mode="zeros", align_corners=False)
     fg = fg.view(4, k, hw, ww).transpose(0, 1)  # (K,4,H,W)
     fg_rgb, alpha = fg[:n, :3], fg[:n, 3:]
+    # shading: a gain with a tilt across the width and up the height, premultiplied colour kept <= alpha
+    tilt_x, tilt_y = (t.view(n, 1, 1, 1) for t in p.fg_tilt.unbind(1))
+    across = (xs - u) / half_w  # (N,1,1,W) in [-1, 1] over the box
+    up = (v - ys) / p.height_px.view(n, 1, 1, 1) * 2 - 1  # (N,1,H,1) -1 at the contact, 1 at the top
+    shade = p.fg_gain.view(n, 1, 1, 1) * (1 + tilt_x * across + tilt_y * up)
+    fg_rgb = torch.minimum(fg_rgb * shade, alpha)
     if camo_idx is None or camo_idx.numel():
         c = _subset(p, camo_idx)
         blended = torch.lerp(_rows(fg_rgb, camo_idx), _rows(alpha, camo_idx) * _camo_target(

@@ -297,6 +297,7 @@ def build_shard(plan: Plan, index: int) -> int:
     known = p.depth_known.numpy()
     cast, light, reflection = p.cast.numpy(), p.light.numpy(), p.reflection.numpy()
     camo, camo_patch = p.camo.numpy(), p.camo_patch.numpy()
+    shading = torch.cat([p.fg_gain[:, None], p.fg_tilt], 1).numpy()
     encoded: list[tuple[str, dict[str, bytes]] | None] = [None] * len(k)
     samples = render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
     if plan.cfg.teacher and plan.cfg.teacher_mode == "per-composite":
@@ -308,7 +309,7 @@ def build_shard(plan: Plan, index: int) -> int:
                 "shadow": round(float(shadow[i]), 3), "cast_shadow": round(float(cast[i]), 3),
                 "light": [round(float(light[i, 0]), 3), round(float(light[i, 1]), 3)],
                 "reflection": round(float(reflection[i]), 3), "camouflage": round(float(camo[i]), 3),
-                "camouflage_patch": bool(camo_patch[i])}
+                "camouflage_patch": bool(camo_patch[i]), "shading": [round(float(x), 3) for x in shading[i]]}
         encoded[i] = (f"{split}-{int(k[i]):07d}", {
             "fg_bg.jpg": encode_jpeg(image, JPEG_QUALITY),
             "mask.png": encode_png(mask),
