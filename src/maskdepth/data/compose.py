@@ -420,8 +420,8 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     v = p.contact[:, 1].view(n, 1, 1, 1)
     half_w = (p.width_px / 2).view(n, 1, 1, 1)
 
-    # the object, its cast shadow and its reflection from the shared atlas in one grid_sample call, all grids
-    # stacked as one tall image; shadows, reflections and camouflage only for the samples that have them
+    # the object and its reflection from the shared atlas in one grid_sample call (the grids stacked as one tall
+    # image), its cast shadow from the alpha plane; shadows, reflections and camouflage only where they are on
     cast_idx, ref_idx, camo_idx = _drawn(p.cast > 0), _drawn(p.reflection > 0), _drawn(p.camo > 0)
     ax, bx, ay, by = (t.view(n, 1, 1, 1) for t in _atlas_map(cutouts, p, p.level))
     obj_grid = torch.stack([(ax * xs + bx).view(n, 1, ww).expand(n, hw, ww),
@@ -429,11 +429,14 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     cast_grid, in_cast = _cast_grid(cutouts, _subset(p, cast_idx), _rows(xs, cast_idx), _rows(ys, cast_idx))
     ref_grid, gloss = _mirror_grid(cutouts, _subset(p, ref_idx), _rows(xs, ref_idx), _rows(ys, ref_idx), cfg)
     k_cast, k_ref = cast_grid.shape[0], ref_grid.shape[0]
-    k = n + k_cast + k_ref
-    fg = F.grid_sample(cutouts.atlas, torch.cat([obj_grid, cast_grid, ref_grid]).view(1, k * hw, ww, 2),
+    k = n + k_ref
+    fg = F.grid_sample(cutouts.atlas, torch.cat([obj_grid, ref_grid]).view(1, k * hw, ww, 2),
                        mode="bilinear", padding_mode="zeros", align_corners=False)
     fg = fg.view(4, k, hw, ww).transpose(0, 1)  # (K,4,H,W)
     fg_rgb, alpha = fg[:n, :3], fg[:n, 3:]
+    # a shadow needs only alpha: sampled from the alpha plane, a quarter of the work
+    cast_alpha = F.grid_sample(cutouts.alpha, cast_grid.view(1, k_cast * hw, ww, 2), mode="bilinear",
+                               padding_mode="zeros", align_corners=False).view(k_cast, 1, hw, ww)
     # shading: a gain with a tilt across the width and up the height, premultiplied colour kept <= alpha
     tilt_x, tilt_y = (t.view(n, 1, 1, 1) for t in p.fg_tilt.unbind(1))
     across = (xs - u) / half_w  # (N,1,1,W) in [-1, 1] over the box
@@ -462,7 +465,7 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     floor_bg = bg
     if k_ref:
         g = gloss * _rows(floor, ref_idx)
-        ref_rgba = fg[n + k_cast:]
+        ref_rgba = fg[n:]
         floor_bg = _put(bg, ref_idx, torch.addcmul(_rows(bg, ref_idx) * (1 - g * ref_rgba[:, 3:]), ref_rgba[:, :3], g))
     # contact shadow on the floor, compact and smooth: strength * (1 - r^2)^2 inside the ellipse
     rx = cfg.shadow_width * half_w
@@ -473,7 +476,7 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     keep.mul_(1 - fall.mul_(fall).mul_(floor).mul_(p.shadow.view(n, 1, 1, 1)))  # (1 - vis) * shade
     if k_cast:  # the cast shadow darkens the floor where the silhouette falls
         strength = _subset(p, cast_idx).cast.view(-1, 1, 1, 1)
-        term = 1 - fg[n:n + k_cast, 3:] * in_cast * _rows(floor, cast_idx) * strength
+        term = 1 - cast_alpha * in_cast * _rows(floor, cast_idx) * strength
         keep = _put(keep, cast_idx, _rows(keep, cast_idx) * term)
 
     image = torch.addcmul(floor_bg * keep, fg_rgb, shown).clamp_(0, 1)
