@@ -48,11 +48,11 @@ class CaptureConfig:
     vignette: float = 0.4  # largest darkening in the corners
     clip_exposure_p: float = 0.3
     clip_exposure: tuple[float, float] = (0.6, 1.8)  # gain of an under- or over-exposed camera; highlights clip
-    blur_p: float = 0.3
+    blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.0)  # gaussian, pixels
-    sensor_noise_p: float = 0.5
+    sensor_noise_p: float = 0.3
     sensor_noise: tuple[float, float] = (0.0, 0.015)  # sigma; each capture draws its own noise
-    camera_jpeg_p: float = 0.5
+    camera_jpeg_p: float = 0.2  # low: bg's capture adds JPEG too, and data make stores image as JPEG already
     camera_jpeg_quality: tuple[float, float] = (70.0, 95.0)
 
     @classmethod
@@ -102,10 +102,6 @@ def warp(x: torch.Tensor, shift: torch.Tensor, angle: torch.Tensor, scale: torch
     qy = (cos * py - sin * px) * inv
     grid = torch.stack([qx * (2 / w), qy * (2 / h)], dim=-1)  # normalised, align_corners=False
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def _mean_grey(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=(1, 2, 3), keepdim=True)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -177,9 +173,13 @@ def apply_capture(bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generat
     quality = lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)
 
     out = _where_on(bg, moved, lambda x, s: warp(x, shift[s], angle[s], zoom[s]))
-    out = (out * (gain.view(n, 1, 1, 1) * wb.view(n, 3, 1, 1))).clamp(0, 1)  # over-exposure clips
-    out = _where_on(out, contrast != 1, lambda x, s: ((x - _mean_grey(x)) * contrast[s].view(-1, 1, 1, 1)
-                                                      + _mean_grey(x)).clamp(0, 1))
+    # exposure, white balance and contrast about the mean grey m of the re-exposed picture are one affine map per
+    # channel: (x * g - m) * c + m = x * (g * c) + m * (1 - c); then over-exposure clips
+    g = gain.view(n, 1) * wb  # (N,3)
+    m = (out.mean(dim=(2, 3)) * g).mean(dim=1)  # (N,)
+    c = contrast.view(n, 1)
+    out = torch.addcmul((m.view(n, 1) * (1 - c)).view(n, 1, 1, 1).expand(n, 3, 1, 1), out,
+                        (g * c).view(n, 3, 1, 1)).clamp_(0, 1)
     out = _where_on(out, gamma != 1, lambda x, s: x.pow(gamma[s].view(-1, 1, 1, 1)))
     out = _where_on(out, noise_on, lambda x, s: x + sigma[s].view(-1, 1, 1, 1) * torch.randn(
         x.shape, generator=generator, device=dev, dtype=x.dtype))
