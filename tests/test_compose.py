@@ -142,11 +142,17 @@ def test_shadow_darkens_the_floor_only_and_not_the_truth():
     p = draw(bgs, cutouts, n=16, cfg=cfg)
     lit = composite(bgs, cutouts, dataclasses.replace(p, shadow=torch.zeros(len(p))), cfg)
     shaded = composite(bgs, cutouts, p, cfg)
+    assert_darkens_the_floor_only(bgs, p, lit, shaded)
+    assert (shaded["image"] < lit["image"] - 0.05).any()
+
+
+def assert_darkens_the_floor_only(bgs: BackgroundBank, p: Placement, lit: dict, shaded: dict) -> None:
+    """`shaded` is `lit` with some floor pixels darker: the same mask and depth, nothing lighter, off the floor
+    nothing changed."""
     assert torch.equal(lit["mask"], shaded["mask"]) and torch.equal(lit["depth"], shaded["depth"])
     assert (shaded["image"] <= lit["image"] + 1e-6).all()
     off_floor = ~bgs.floor[p.bg_idx].expand(-1, 3, -1, -1)
     assert torch.equal(shaded["image"][off_floor], lit["image"][off_floor])
-    assert (shaded["image"] < lit["image"] - 0.05).any()
 
 
 ONLY = dict(shadow_prob=0.0, cast_prob=0.0, reflection_prob=0.0, camo_prob=0.0, shade_prob=0.0)
@@ -160,10 +166,7 @@ def test_cast_shadow_darkens_the_floor_along_the_light_and_leaves_the_truth():
     p = dataclasses.replace(p, light=torch.tensor([[0.6, -0.3]]).expand(len(p), 2).contiguous())
     lit = composite(bgs, cutouts, dataclasses.replace(p, cast=torch.zeros(len(p))), cfg)
     shaded = composite(bgs, cutouts, p, cfg)
-    assert torch.equal(lit["mask"], shaded["mask"]) and torch.equal(lit["depth"], shaded["depth"])
-    assert (shaded["image"] <= lit["image"] + 1e-6).all()
-    off_floor = ~bgs.floor[p.bg_idx].expand(-1, 3, -1, -1)
-    assert torch.equal(shaded["image"][off_floor], lit["image"][off_floor])
+    assert_darkens_the_floor_only(bgs, p, lit, shaded)
     dark = (lit["image"] - shaded["image"]).amax(1)  # (N,H,W)
     outside = lit["mask"][:, 0] == 0
     assert (dark[outside] > 0.1).any()  # changed pixels that are not foreground
