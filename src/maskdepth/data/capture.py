@@ -29,10 +29,11 @@ class CaptureConfig:
     rotate_deg: float = 0.75  # largest rotation either way, degrees
     scale_p: float = 0.5
     scale: float = 0.01  # largest zoom either way, as a fraction (0.01: 0.99x .. 1.01x)
-    exposure_p: float = 0.5
-    exposure: tuple[float, float] = (0.85, 1.15)  # gain on all channels
-    white_balance_p: float = 0.5
-    white_balance: tuple[float, float] = (0.93, 1.07)  # gain per channel
+    # colour: wide enough to cover a real second capture (auto exposure and white balance move by 15% or more)
+    exposure_p: float = 0.6
+    exposure: tuple[float, float] = (0.8, 1.2)  # gain on all channels
+    white_balance_p: float = 0.6
+    white_balance: tuple[float, float] = (0.85, 1.15)  # gain per channel
     contrast_p: float = 0.4
     contrast: tuple[float, float] = (0.85, 1.15)  # stretch about the picture's mean grey
     gamma_p: float = 0.4
