@@ -25,17 +25,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "maskdepth" / "weights"
 # The procedural test set of the card: rooms and cutouts the weights never saw (another seed), all held out.
+# "compose": the ComposeConfig fields that differ from today's defaults, so the set stays the one the card was
+# measured on when the composition gains effects (cast shadows, reflections, camouflage, shading came later)
 CARD_EVAL = {"size": 96, "backgrounds": 12, "foregrounds": 10, "per_pair": 2, "seed": 20261123,
-             "test_fraction": 0.5}
+             "test_fraction": 0.5,
+             "compose": {"cast_prob": 0.0, "reflection_prob": 0.0, "camo_prob": 0.0, "shade_prob": 0.0}}
 
 
 def make_card_dataset(out: Path) -> Path:
+    from maskdepth.data.compose import ComposeConfig
     from maskdepth.data.make import MakeConfig, make_dataset
 
     c = CARD_EVAL
     make_dataset(out, MakeConfig(size=(c["size"], c["size"]), backgrounds=c["backgrounds"],
                                  foregrounds=c["foregrounds"], per_pair=c["per_pair"], seed=c["seed"],
-                                 test_fraction=c["test_fraction"], shard_size=500), workers=2, progress=False)
+                                 test_fraction=c["test_fraction"], shard_size=500,
+                                 compose=ComposeConfig(**c.get("compose", {}))), workers=2, progress=False)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def test_same_seed_same_stream_and_exact_resume(gen_args):
 
 def test_capture_none_keeps_the_clean_background(gen_args):
     clean = OnTheFlyGenerator.procedural(**gen_args, capture=None)
-    jittered = OnTheFlyGenerator.procedural(**gen_args, capture=CaptureConfig(noise_p=1.0))
+    jittered = OnTheFlyGenerator.procedural(**gen_args, capture=dataclasses.replace(CaptureConfig.off(), noise_p=1.0))
     x, y = next(clean), next(jittered)
     # the same draws up to the capture step: same composites, different bg inputs
     assert torch.equal(x["image"], y["image"]) and not torch.equal(x["bg"], y["bg"])

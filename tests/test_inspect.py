@@ -92,3 +92,22 @@ def test_to_uint8_overlay_and_grid():
     assert g.shape == (LABEL_H + 1 + 1 + 2 * (4 + 1), 1 + 2 * (5 + 1), 3)
     assert (g[LABEL_H + 2:LABEL_H + 6, 1:6] == 100).all()  # first tile in place
     assert (g[:LABEL_H] < 255).any()  # labels drawn
+
+
+def test_show_with_capture_changes_only_the_bg_tiles(data):
+    import dataclasses
+
+    from maskdepth.data.capture import CaptureConfig
+    from maskdepth.data.inspect import show_grid
+
+    plain = show_grid(data, n=4, tile=40).astype(int)
+    bg_only = dataclasses.replace(CaptureConfig.off(), noise_p=1.0, noise_sigma=(0.05, 0.05))
+    captured = show_grid(data, n=4, tile=40, capture=bg_only)
+    assert captured.shape == plain.shape
+    tile_w = (plain.shape[1] - 2) // 4  # one quartet per row: bg | fg_bg | mask | depth, 2 px gaps
+    changed = np.abs(captured.astype(int) - plain).sum(axis=(0, 2))  # per column
+    assert changed[:tile_w].sum() > 0  # the bg column
+    assert changed[tile_w + 2:].sum() == 0  # fg_bg, mask and depth as stored
+    full = show_grid(data, n=4, tile=40, capture=CaptureConfig(gradient_p=1.0, vignette_p=1.0))
+    assert np.array_equal(full, show_grid(data, n=4, tile=40, capture=CaptureConfig(gradient_p=1.0, vignette_p=1.0)))
+    assert np.abs(full.astype(int) - plain)[:, tile_w + 2:2 * tile_w + 2].sum() > 0  # the camera changes fg_bg too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -178,3 +179,29 @@ def test_user_photos_and_cutouts(tmp_path):
 def test_make_rejects_bad_config_in_python():
     with pytest.raises(UserError):
         MakeConfig(size=(48, 48), test_fraction=1.0).check()
+
+
+def test_shadows_reflections_camouflage_and_shading_change_fg_bg_only(tmp_path):
+    from maskdepth.data.compose import ComposeConfig
+
+    effects = dict(cast_prob=1.0, reflection_prob=1.0, camo_prob=1.0, shade_prob=1.0)
+    on = make_dataset(tmp_path / "on", dataclasses.replace(TINY, compose=ComposeConfig(**effects)), workers=1,
+                      progress=False)
+    off = make_dataset(tmp_path / "off", dataclasses.replace(TINY, compose=ComposeConfig(
+        **dict.fromkeys(effects, 0.0))), workers=1, progress=False)
+    assert on["metadata"]["compose"]["cast_prob"] == 1.0 and off["metadata"]["compose"]["cast_prob"] == 0.0
+    samples = {}
+    for name in ("on", "off"):
+        ds = DatasetDir(tmp_path / name)
+        samples[name] = {k: s for p in ds.shards("train") for k, s in iter_shard(p)}
+    assert samples["on"].keys() == samples["off"].keys()
+    differ = 0
+    for key, a in samples["on"].items():
+        b = samples["off"][key]
+        assert a["mask.png"] == b["mask.png"] and a["depth.png"] == b["depth.png"]  # the truth is the same
+        info = json.loads(a["json"])
+        assert info["cast_shadow"] > 0 and info["reflection"] > 0 and info["camouflage"] > 0
+        assert len(info["light"]) == 2 and len(info["shading"]) == 3
+        assert json.loads(b["json"])["cast_shadow"] == 0
+        differ += a["fg_bg.jpg"] != b["fg_bg.jpg"]
+    assert differ == len(samples["on"])

@@ -181,3 +181,32 @@ def test_wall_rects_paint_the_wall_without_changing_depth():
     assert a.depth.tobytes() == b.depth.tobytes()
     r, g, bl = b.image[16, 20].astype(int)
     assert r > 40 and g == 0 and bl == 0
+
+
+def test_bright_windows_clip_and_glossy_floors_shine_without_changing_depth():
+    plain = room(wall_rects=(), skirting_m=0.0, floor_gloss=0.0)
+    window = dataclasses.replace(plain, wall_rects=((24.0, 26.0, 1.0, 2.0, 0.8, 0.9, 1.0, 2.0),))
+    a, b = render_room(plain, SIZE), render_room(window, SIZE)
+    assert a.depth.tobytes() == b.depth.tobytes()
+    assert (b.image[16, 20] == 255).all()  # over-exposed: clipped white, whatever the room's exposure
+    assert (a.image[16, 20] < 250).all()
+    # looking down the room at a far light: its mirror image in the floor lies in view (about 29 degrees down)
+    lit = dataclasses.replace(plain, pitch=0.3, light_x=5.0, light_y=9.5, light_z=2.9, light_power=2.0, exposure=0.3)
+    glossy = dataclasses.replace(lit, floor_gloss=1.0, floor_shininess=30.0)
+    m, g = render_room(lit, SIZE), render_room(glossy, SIZE)
+    gain = g.image.astype(int) - m.image.astype(int)
+    assert m.depth.tobytes() == g.depth.tobytes()
+    assert gain[m.floor].max() > 60
+    # elsewhere only the exposure, set from the mean brightness, moves: one scale for every pixel
+    walls = ~m.floor[..., None] & (m.image > 40)
+    ratio = g.image[walls] / m.image[walls]
+    assert ratio.max() <= 1.0 and ratio.max() - ratio.min() < 0.05
+
+
+def test_sampled_rooms_have_bright_windows_and_glossy_floors_sometimes():
+    rooms = [sample_room(np.random.default_rng(s)) for s in range(60)]
+    glowing = [any(len(r) > 7 and r[7] > 0 for r in p.wall_rects) for p in rooms]
+    glossy = [p.floor_gloss > 0 for p in rooms]
+    assert 0.2 < np.mean(glowing) < 0.8 and 0.2 < np.mean(glossy) < 0.7
+    for p in rooms:
+        assert RoomParams.from_dict(json.loads(json.dumps(dataclasses.asdict(p)))) == p

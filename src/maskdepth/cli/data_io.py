@@ -56,6 +56,10 @@ def register(dsub) -> None:
     p.add_argument("--out", metavar="FILE.png", help="picture to write (default: DIR's name-SPLIT.png here)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="which samples (default 0)")
     p.add_argument("--tile", type=int, default=160, metavar="PX", help="largest tile side in pixels (default 160)")
+    p.add_argument("--capture", action="store_true",
+                   help="show bg and fg_bg as training sees them: the default camera response on both (light "
+                        "gradient, vignette, clipping, blur, noise, JPEG), then bg re-captured (camera nudge, "
+                        "colour, noise, JPEG)")
     p.add_argument("--force", action="store_true", help="overwrite FILE.png if it exists")
     p.set_defaults(func=_show)
 
@@ -83,6 +87,7 @@ def _import(args) -> int:
 
 
 def _show(args) -> int:
+    from maskdepth.data.capture import CaptureConfig
     from maskdepth.data.inspect import show_grid
     from maskdepth.errors import UserError
     from maskdepth.viz import save_png
@@ -90,7 +95,8 @@ def _show(args) -> int:
     out = Path(args.out or f"{Path(args.dir).resolve().name}-{args.split}.png")
     if out.exists() and not args.force:
         raise UserError(f"{out}: exists; choose another --out or pass --force to overwrite it")
-    grid = show_grid(args.dir, args.split, args.n, args.seed, args.tile)
+    grid = show_grid(args.dir, args.split, args.n, args.seed, args.tile,
+                     capture=CaptureConfig() if args.capture else None)
     save_png(out, grid)
     print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]})")
     return 0

@@ -195,6 +195,11 @@ class CutoutBank:
     height_m: torch.Tensor  # (C,) float32 nominal real height in metres
     src_hw: torch.Tensor  # (C,2) float32 original pixel (height, width)
     size: int  # S
+    alpha: torch.Tensor | None = None  # (1,1,AH,AW) the atlas's alpha alone (cast shadows sample only it)
+
+    def __post_init__(self) -> None:
+        if self.alpha is None:
+            self.alpha = self.atlas[:, 3:].contiguous()
 
     def __len__(self) -> int:
         return self.cell_origin.shape[0]

@@ -1,9 +1,12 @@
 """Background-capture realism: the bg input is a separate capture of the empty scene, not the composite's own pixels.
 
-Every training batch's `bg` passes through `apply_capture`: a sub-pixel camera shift, an exposure and white-balance
-change, sensor noise and JPEG re-compression, each with its own probability and a fresh draw per sample. Without
-it a model could find the foreground by thresholding |image - bg|. Batched torch, the same on CPU and CUDA, and no
-host syncs, so it can run inside the on-the-fly generator.
+Before that, `apply_camera` gives `image` and `bg` alike the look of one real camera (the same draw for both
+captures, except for their sensor noise): a lighting gradient across the frame, vignetting, over- or
+under-exposure that clips, a slight blur, sensor noise and JPEG. Then every training batch's `bg` passes through
+`apply_capture`, the way BackgroundMattingV2 trains its background input: a nudged camera (shift, small rotation and scale, all in one affine `grid_sample`), a colour change
+(exposure, white balance, contrast, gamma), sensor noise and JPEG re-compression, each with its own probability
+and a fresh draw per sample. Without it a model could find the foreground by thresholding |image - bg|. Batched
+torch, the same on CPU and CUDA, and no host syncs, so it can run inside the on-the-fly generator.
 """
 
 from __future__ import annotations
@@ -18,16 +21,45 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    shift_p: float = 0.5
-    shift_px: float = 1.5  # largest shift in each direction, pixels
-    exposure_p: float = 0.5
-    exposure: tuple[float, float] = (0.85, 1.15)  # gain on all channels
-    white_balance_p: float = 0.5
-    white_balance: tuple[float, float] = (0.93, 1.07)  # gain per channel
+    # camera nudge: shift in pixels (a 1-3 px shift at 192x192 is common), rotation about the image centre,
+    # scale (zoom); one draw of each, applied together as one affine warp
+    shift_p: float = 0.8
+    shift_px: float = 3.0  # largest shift in each direction, pixels
+    rotate_p: float = 0.5
+    rotate_deg: float = 0.75  # largest rotation either way, degrees
+    scale_p: float = 0.5
+    scale: float = 0.01  # largest zoom either way, as a fraction (0.01: 0.99x .. 1.01x)
+    # colour: wide enough to cover a real second capture (auto exposure and white balance move by 15% or more)
+    exposure_p: float = 0.6
+    exposure: tuple[float, float] = (0.8, 1.2)  # gain on all channels
+    white_balance_p: float = 0.6
+    white_balance: tuple[float, float] = (0.85, 1.15)  # gain per channel
+    contrast_p: float = 0.4
+    contrast: tuple[float, float] = (0.85, 1.15)  # stretch about the picture's mean grey
+    gamma_p: float = 0.4
+    gamma: tuple[float, float] = (0.85, 1.15)  # x -> x ** gamma
     noise_p: float = 0.5
     noise_sigma: tuple[float, float] = (0.0, 0.02)  # gaussian sensor noise, in [0,1] units
     jpeg_p: float = 0.5
     jpeg_quality: tuple[float, float] = (60.0, 95.0)
+    # camera response, the same on image and bg (apply_camera, before the above)
+    gradient_p: float = 0.5
+    gradient: float = 0.3  # gain 1 -+ this from one side of the frame to the other, in a random direction
+    vignette_p: float = 0.4
+    vignette: float = 0.4  # largest darkening in the corners
+    clip_exposure_p: float = 0.3
+    clip_exposure: tuple[float, float] = (0.6, 1.8)  # gain of an under- or over-exposed camera; highlights clip
+    blur_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.3, 1.0)  # gaussian, pixels
+    sensor_noise_p: float = 0.3
+    sensor_noise: tuple[float, float] = (0.0, 0.015)  # sigma; each capture draws its own noise
+    camera_jpeg_p: float = 0.2  # low: bg's capture adds JPEG too, and data make stores image as JPEG already
+    camera_jpeg_quality: tuple[float, float] = (70.0, 95.0)
+
+    @classmethod
+    def off(cls) -> CaptureConfig:
+        """Every effect off: `apply_capture` returns its input unchanged."""
+        return cls(**{name: 0.0 for name in cls.__dataclass_fields__ if name.endswith("_p")})
 
 
 def _draw(n: int, p: float, lo_hi: tuple[float, float], neutral: float, generator, device,
@@ -55,13 +87,68 @@ def _where_on(x: torch.Tensor, on: torch.Tensor, fn) -> torch.Tensor:
     return torch.where(on.view(-1, 1, 1, 1), fn(x, slice(None)), x)
 
 
-def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Translate each image by shift (n,2) pixels (x, y), bilinear, border pixels repeated."""
+def warp(x: torch.Tensor, shift: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Each image as a camera moved by a similarity transform sees it: content at pixel q appears at
+    c + scale * R(angle) (q - c) + shift, with c the image centre, `shift` (n,2) pixels (x, y), `angle` (n,)
+    radians (positive turns x towards y, i.e. clockwise on screen), `scale` (n,). Bilinear, border pixels
+    repeated; works in pixels, so a rotation stays a rotation on a non-square picture."""
     n, _, h, w = x.shape
-    gx = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1 - 2 * shift[:, 0:1] / w
-    gy = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1 - 2 * shift[:, 1:2] / h
-    grid = torch.stack([gx.view(n, 1, w).expand(n, h, w), gy.view(n, h, 1).expand(n, h, w)], dim=-1)
+    dev, dt = x.device, x.dtype
+    cos, sin = torch.cos(angle).view(n, 1, 1), torch.sin(angle).view(n, 1, 1)
+    inv = (1 / scale).view(n, 1, 1)
+    # output pixel centre p, relative to the centre and less the shift, rotated back and unscaled
+    px = (torch.arange(w, device=dev, dtype=dt) + 0.5 - w / 2).view(1, 1, w) - shift[:, 0].view(n, 1, 1)
+    py = (torch.arange(h, device=dev, dtype=dt) + 0.5 - h / 2).view(1, h, 1) - shift[:, 1].view(n, 1, 1)
+    qx = (cos * px + sin * py) * inv
+    qy = (cos * py - sin * px) * inv
+    grid = torch.stack([qx * (2 / w), qy * (2 / h)], dim=-1)  # normalised, align_corners=False
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable gaussian blur of each image (N,C,H,W) with its own sigma (N,) (5 taps: sigma <= 1 px)."""
+    n, c, h, w = x.shape
+    taps = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (taps / sigma.view(n, 1).clamp(min=1e-3)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C,5)
+    y = F.pad(x.reshape(1, n * c, h, w), (2, 2, 2, 2), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, 5), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, 5, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def apply_camera(image: torch.Tensor, bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, bg), both (N,3,H,W) in [0,1], as one camera would record them: the same lighting gradient,
+    vignetting, clipping exposure, blur and JPEG quality on both, and sensor noise drawn for each. Mask and depth
+    are untouched (these change colours, never where things are)."""
+    n, _, h, w = image.shape
+    dev, dt = image.device, image.dtype
+    grad = _draw(n, cfg.gradient_p, (-cfg.gradient, cfg.gradient), 0.0, generator, dev)
+    theta = 2 * math.pi * torch.rand(n, generator=generator, device=dev)
+    vig = _draw(n, cfg.vignette_p, (0.0, cfg.vignette), 0.0, generator, dev)
+    gain = _draw(n, cfg.clip_exposure_p, cfg.clip_exposure, 1.0, generator, dev)
+    sigma = _draw(n, cfg.blur_p, cfg.blur_sigma, 0.0, generator, dev)
+    noise = _draw(n, cfg.sensor_noise_p, cfg.sensor_noise, 0.0, generator, dev)
+    jpeg_on = torch.rand(n, generator=generator, device=dev) < cfg.camera_jpeg_p
+    lo, hi = cfg.camera_jpeg_quality
+    quality = lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)
+    # one gain field per sample: exposure x gradient along direction theta x vignette, coordinates in [-1, 1]
+    xs = ((torch.arange(w, device=dev, dtype=dt) + 0.5) * (2 / w) - 1).view(1, 1, 1, w)
+    ys = ((torch.arange(h, device=dev, dtype=dt) + 0.5) * (2 / h) - 1).view(1, 1, h, 1)
+    along = torch.cos(theta).view(n, 1, 1, 1) * xs + torch.sin(theta).view(n, 1, 1, 1) * ys  # in [-1.4, 1.4]
+    r2 = (xs * xs + ys * ys) / 2  # 1 in the corners
+    field = gain.view(n, 1, 1, 1) * (1 + grad.view(n, 1, 1, 1) * along / math.sqrt(2)) \
+        * (1 - vig.view(n, 1, 1, 1) * r2)
+    out = []
+    for x in (image, bg):
+        y = _where_on(x, sigma > 0, lambda t, s: _gaussian_blur(t, sigma[s]))
+        y = y * field
+        y = _where_on(y, noise > 0, lambda t, s: t + noise[s].view(-1, 1, 1, 1) * torch.randn(
+            t.shape, generator=generator, device=dev, dtype=t.dtype))
+        y = y.clamp(0, 1)  # highlights clip, as a sensor's do
+        out.append(_where_on(y, jpeg_on, lambda t, s: jpeg_roundtrip(t, quality[s])))
+    return out[0], out[1]
 
 
 def apply_capture(bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -70,9 +157,15 @@ def apply_capture(bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generat
     n = bg.shape[0]
     dev = bg.device
     shift_on = torch.rand(n, generator=generator, device=dev) < cfg.shift_p
-    shift = (2 * torch.rand(n, 2, generator=generator, device=dev) - 1) * cfg.shift_px
+    shift = (2 * torch.rand(n, 2, generator=generator, device=dev) - 1) * cfg.shift_px * shift_on.view(n, 1)
+    rad = math.radians(cfg.rotate_deg)
+    angle = _draw(n, cfg.rotate_p, (-rad, rad), 0.0, generator, dev)
+    zoom = _draw(n, cfg.scale_p, (1 - cfg.scale, 1 + cfg.scale), 1.0, generator, dev)
+    moved = shift_on | (angle != 0) | (zoom != 1)
     gain = _draw(n, cfg.exposure_p, cfg.exposure, 1.0, generator, dev)
     wb = _draw(n, cfg.white_balance_p, cfg.white_balance, 1.0, generator, dev, (3,))
+    contrast = _draw(n, cfg.contrast_p, cfg.contrast, 1.0, generator, dev)
+    gamma = _draw(n, cfg.gamma_p, cfg.gamma, 1.0, generator, dev)
     noise_on = torch.rand(n, generator=generator, device=dev) < cfg.noise_p
     sigma = cfg.noise_sigma[0] + (cfg.noise_sigma[1] - cfg.noise_sigma[0]) * torch.rand(n, generator=generator,
                                                                                           device=dev)
@@ -80,8 +173,15 @@ def apply_capture(bg: torch.Tensor, cfg: CaptureConfig, generator: torch.Generat
     lo, hi = cfg.jpeg_quality
     quality = lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)
 
-    out = _where_on(bg, shift_on, lambda x, s: _shift(x, shift[s]))
-    out = out * (gain.view(n, 1, 1, 1) * wb.view(n, 3, 1, 1))
+    out = _where_on(bg, moved, lambda x, s: warp(x, shift[s], angle[s], zoom[s]))
+    # exposure, white balance and contrast about the mean grey m of the re-exposed picture are one affine map per
+    # channel: (x * g - m) * c + m = x * (g * c) + m * (1 - c); then over-exposure clips
+    g = gain.view(n, 1) * wb  # (N,3)
+    m = (out.mean(dim=(2, 3)) * g).mean(dim=1)  # (N,)
+    c = contrast.view(n, 1)
+    out = torch.addcmul((m.view(n, 1) * (1 - c)).view(n, 1, 1, 1).expand(n, 3, 1, 1), out,
+                        (g * c).view(n, 3, 1, 1)).clamp_(0, 1)
+    out = _where_on(out, gamma != 1, lambda x, s: x.pow(gamma[s].view(-1, 1, 1, 1)))
     out = _where_on(out, noise_on, lambda x, s: x + sigma[s].view(-1, 1, 1, 1) * torch.randn(
         x.shape, generator=generator, device=dev, dtype=x.dtype))
     out = out.clamp(0, 1)

@@ -1,7 +1,7 @@
 """The on-the-fly generator: an infinite, seeded stream of batch dicts composed on the device.
 
 Banks of backgrounds and cutouts live on the device; each batch draws (background, cutout, flip) triples,
-placements and capture jitter from one device generator and composites them with `data/compose.py`, the same code
+placements, camera response and capture jitter from one device generator and composites them with `data/compose.py`, the same code
 `data make` runs. Batch k is a function of (seed, k) only (the generator is reseeded per batch), so the state to
 resume is the batch count. The per-batch path reads nothing back to the host, so on a GPU it queues a few kernels
 and returns: the GPU never waits on it.
@@ -22,7 +22,7 @@ from maskdepth.data.banks import (
     procedural_foreground,
     seed_for,
 )
-from maskdepth.data.capture import CaptureConfig, apply_capture
+from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
 from maskdepth.data.compose import ComposeConfig, composite, sample_placements
 from maskdepth.errors import UserError
 
@@ -32,7 +32,7 @@ Batch = dict[str, torch.Tensor]
 class OnTheFlyGenerator:
     """`next(gen)` -> {bg, image, mask, depth, depth_valid} on `device` (docs/ARCHITECTURE.md batch dict).
 
-    `capture=None` leaves the bg input clean. `depth_max` bounds the depth of every batch (for the model's head).
+    `capture=None` leaves both captures clean (no camera response, no bg capture jitter). `depth_max` bounds the depth of every batch (for the model's head).
     """
 
     def __init__(self, bgs: BackgroundBank, cutouts: CutoutBank, batch_size: int, seed: int,
@@ -64,8 +64,11 @@ class OnTheFlyGenerator:
         flip = torch.rand(n, generator=g, device=dev) < 0.5
         placement = sample_placements(self.bgs, self.cutouts, bg_idx, fg_idx, flip, g, self.compose)
         out = composite(self.bgs, self.cutouts, placement, self.compose)
-        bg = out["bg"] if self.capture is None else apply_capture(out["bg"], self.capture, g)
-        return {"bg": bg, "image": out["image"], "mask": out["mask"], "depth": out["depth"],
+        image, bg = out["image"], out["bg"]
+        if self.capture is not None:  # one camera's response on both captures, then bg's own capture jitter
+            image, bg = apply_camera(image, bg, self.capture, g)
+            bg = apply_capture(bg, self.capture, g)
+        return {"bg": bg, "image": image, "mask": out["mask"], "depth": out["depth"],
                 "depth_valid": out["depth_valid"]}
 
     def state_dict(self) -> dict[str, int]:

@@ -8,7 +8,9 @@ import random
 from typing import Any
 
 import numpy as np
+import torch
 
+from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
 from maskdepth.errors import UserError
 
 COLUMNS = ("bg", "fg_bg", "mask", "depth")
@@ -56,9 +58,11 @@ def decode_sample(ds, sample: dict[str, bytes]) -> dict[str, np.ndarray]:
 
 
 def show_grid(data_dir: str | os.PathLike, split: str = "train", n: int = 16, seed: int = 0,
-              tile: int = 160) -> np.ndarray:
+              tile: int = 160, capture: CaptureConfig | None = None) -> np.ndarray:
     """(H,W,3) uint8 grid of n samples as quartets bg | fg_bg | mask | coloured depth, about sqrt(n)/2 quartets
-    per row, each tile at most `tile` pixels on its longer side; depth coloured on one 0..depth_max scale."""
+    per row, each tile at most `tile` pixels on its longer side; depth coloured on one 0..depth_max scale.
+    With `capture`, bg and fg_bg are shown as training sees them (data/capture.py: one camera's response on both,
+    then bg re-captured), seeded by `seed`."""
     from maskdepth.data.shards import DatasetDir
     from maskdepth.viz import colorize_depth, make_grid
 
@@ -72,6 +76,17 @@ def show_grid(data_dir: str | os.PathLike, split: str = "train", n: int = 16, se
     for _, sample in pick_samples(ds, split, n, seed):
         s = decode_sample(ds, sample)
         quartets.append([s["bg"], s["fg_bg"], s["mask"], colorize_depth(s["depth"], 0.0, ds.depth_max)])
+    if capture is not None and quartets:
+        def tensor(k: int) -> torch.Tensor:
+            return torch.from_numpy(np.stack([q[k] for q in quartets])).permute(0, 3, 1, 2).float() / 255
+
+        def pictures(x: torch.Tensor) -> np.ndarray:
+            return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+        gen = torch.Generator().manual_seed(seed)
+        image, bg = apply_camera(tensor(1), tensor(0), capture, gen)
+        for q, b, im in zip(quartets, pictures(apply_capture(bg, capture, gen)), pictures(image)):
+            q[0], q[1] = b, im
     per_row = quartets_per_row(n)
     rows = [sum(quartets[i:i + per_row], []) for i in range(0, len(quartets), per_row)]
     return make_grid(rows, labels=list(COLUMNS) * per_row, tile=tile_hw)

@@ -239,10 +239,12 @@ class ShardStream(IterableDataset):
             batch = augment_batch(batch, self.augment, self.size, gen, out=out)
         else:
             batch = resize_batch(batch, self.size, out=out)
-        if self.capture is not None:
-            from maskdepth.data.capture import apply_capture
+        if self.capture is not None:  # one camera's response on both captures, then bg's own capture jitter
+            from maskdepth.data.capture import apply_camera, apply_capture
 
-            batch["bg"].copy_(apply_capture(batch["bg"], self.capture, gen))
+            image, bg = apply_camera(batch["image"], batch["bg"], self.capture, gen)
+            batch["image"].copy_(image)
+            batch["bg"].copy_(apply_capture(bg, self.capture, gen))
         return batch
 
 

@@ -295,6 +295,9 @@ def build_shard(plan: Plan, index: int) -> int:
     contact = p.contact.numpy()
     scale, depth_c, shadow = p.scale.numpy(), p.contact_depth.numpy(), p.shadow.numpy()
     known = p.depth_known.numpy()
+    cast, light, reflection = p.cast.numpy(), p.light.numpy(), p.reflection.numpy()
+    camo, camo_patch = p.camo.numpy(), p.camo_patch.numpy()
+    shading = torch.cat([p.fg_gain[:, None], p.fg_tilt], 1).numpy()
     encoded: list[tuple[str, dict[str, bytes]] | None] = [None] * len(k)
     samples = render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
     if plan.cfg.teacher and plan.cfg.teacher_mode == "per-composite":
@@ -303,7 +306,10 @@ def build_shard(plan: Plan, index: int) -> int:
         info = {"bg": int(bg_id[i]), "fg": int(cut_id[i]), "flip": bool(flip[i]), "box": box[i].tolist(),
                 "scale": round(float(scale[i]), 4), "contact": [float(contact[i, 0]), float(contact[i, 1])],
                 "contact_depth": round(float(depth_c[i]), 4), "depth_known": bool(known[i]),
-                "shadow": round(float(shadow[i]), 3)}
+                "shadow": round(float(shadow[i]), 3), "cast_shadow": round(float(cast[i]), 3),
+                "light": [round(float(light[i, 0]), 3), round(float(light[i, 1]), 3)],
+                "reflection": round(float(reflection[i]), 3), "camouflage": round(float(camo[i]), 3),
+                "camouflage_patch": bool(camo_patch[i]), "shading": [round(float(x), 3) for x in shading[i]]}
         encoded[i] = (f"{split}-{int(k[i]):07d}", {
             "fg_bg.jpg": encode_jpeg(image, JPEG_QUALITY),
             "mask.png": encode_png(mask),

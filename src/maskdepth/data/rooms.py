@@ -50,8 +50,10 @@ class RoomParams:
     ceiling: TextureSpec
     skirting_m: float  # skirting board height on the walls (0: none)
     skirting_color: tuple[float, float, float]
-    # Doors and windows: rectangles painted on the walls in order, each (u0, u1, z0, z1, r, g, b), u being the
-    # distance along the walls from the corner (0, 0) going +x first (as the wall texture's u), z the height.
+    # Doors and windows: rectangles painted on the walls in order, each (u0, u1, z0, z1, r, g, b[, glow]), u being
+    # the distance along the walls from the corner (0, 0) going +x first (as the wall texture's u), z the height.
+    # A glow > 0 makes the rectangle a bright window: its colour times glow in display values, unlit by the room
+    # and never dimmed by exposure, so above 1 it clips as an over-exposed window does.
     wall_rects: tuple[tuple[float, ...], ...]
     light_x: float  # point light position (m)
     light_y: float
@@ -63,11 +65,15 @@ class RoomParams:
     occlusion: float  # 0..1: darkening where surfaces meet (ambient occlusion in corners)
     vignette: float  # 0..1: darkening towards the image corners
     exposure: float  # mean brightness of the rendered image, 0..1
+    floor_gloss: float = 0.0  # strength of the light's specular highlight on the floor (0: matte)
+    floor_shininess: float = 50.0  # Blinn-Phong exponent of that highlight: larger is a smaller, sharper spot
 
     @classmethod
     def from_dict(cls, d: dict) -> RoomParams:
         kw = {}
         for f in fields(cls):
+            if f.name not in d:  # a field added later: its default
+                continue
             value = d[f.name]
             if f.name in ("floor", "walls", "ceiling"):
                 value = TextureSpec.from_dict(value)
@@ -111,11 +117,12 @@ def _surface(rng: np.random.Generator, table, sat, val, contrast) -> TextureSpec
     return random_spec(rng, kind, rng.uniform(*_SCALES[kind]), a, b, contrast=contrast)
 
 
-def _openings(rng: np.random.Generator, width: float, length: float, height: float) -> tuple:
-    """Up to one door and two windows, each on its own wall, each a framed panel (two wall rectangles)."""
+def _openings(rng: np.random.Generator, width: float, length: float, height: float) -> tuple[tuple, tuple]:
+    """Up to one door and two windows, each on its own wall, each a framed panel (two wall rectangles).
+    Returns the rectangles and, per rectangle, whether it is a window's pane."""
     starts = (0.0, width, width + length, 2 * width + length)
     walls = (width, length, width, length)
-    rects = []
+    rects, panes = [], []
     kinds = ["door"] * int(rng.integers(0, 2)) + ["window"] * int(rng.integers(0, 3))
     for kind, k in zip(kinds, rng.permutation(4)):
         if kind == "door":
@@ -132,7 +139,8 @@ def _openings(rng: np.random.Generator, width: float, length: float, height: flo
         frame = random_color(rng, sat=(0.0, 0.2), val=(0.3, 1.0))
         rects.append((u0 - frame_m, u0 + w + frame_m, max(z0 - frame_m, 0.0), z1 + frame_m, *frame))
         rects.append((u0, u0 + w, z0, z1, *panel))
-    return tuple(tuple(round(float(x), 4) for x in r) for r in rects)
+        panes += [False, kind == "window"]
+    return tuple(tuple(round(float(x), 4) for x in r) for r in rects), tuple(panes)
 
 
 def sample_room(rng: np.random.Generator) -> RoomParams:
@@ -162,14 +170,10 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
     walls = _surface(rng, _WALL_KINDS, sat=(0.0, 0.45), val=(0.4, 0.95), contrast=(0.2, 0.8))
     ceiling = _surface(rng, _CEILING_KINDS, sat=(0.0, 0.12), val=(0.7, 0.97), contrast=(0.05, 0.3))
     t = rng.uniform(-0.15, 0.15)
-    return RoomParams(
-        width=width, length=length, height=height,
-        cam_x=round(cam_x, 4), cam_y=round(cam_y, 4), cam_height=round(cam_height, 4),
-        pitch=round(pitch, 5), yaw=round(yaw, 5), vfov=round(vfov, 5),
-        floor=floor, walls=walls, ceiling=ceiling,
-        skirting_m=round(float(rng.uniform(0.05, 0.15)) if rng.uniform() < 0.6 else 0.0, 4),
-        skirting_color=random_color(rng, sat=(0.0, 0.3), val=(0.2, 0.95)),
-        wall_rects=_openings(rng, width, length, height),
+    skirting_m = round(float(rng.uniform(0.05, 0.15)) if rng.uniform() < 0.6 else 0.0, 4)
+    skirting_color = random_color(rng, sat=(0.0, 0.3), val=(0.2, 0.95))
+    rects, panes = _openings(rng, width, length, height)
+    light = dict(
         light_x=round(float(rng.uniform(0.15, 0.85) * width), 4),
         light_y=round(float(rng.uniform(0.15, 0.85) * length), 4),
         light_z=round(float(height - rng.uniform(0.05, 0.6)), 4),
@@ -180,6 +184,20 @@ def sample_room(rng: np.random.Generator) -> RoomParams:
         occlusion=round(float(rng.uniform(0.15, 0.6)), 4),
         vignette=round(float(rng.uniform(0.0, 0.35)), 4),
         exposure=round(float(rng.uniform(0.3, 0.6)), 4),
+    )
+    # drawn last, so the rooms of earlier versions keep everything else: bright windows in 60% of rooms (glow
+    # 1 .. 2.5: most clip), a glossy floor in 40%
+    glow = round(float(rng.uniform(1.0, 2.5)), 4) if rng.uniform() < 0.6 else 0.0
+    gloss = round(float(rng.uniform(0.2, 1.0)), 4) if rng.uniform() < 0.4 else 0.0
+    shininess = round(float(np.exp(rng.uniform(math.log(20), math.log(300)))), 2)
+    return RoomParams(
+        width=width, length=length, height=height,
+        cam_x=round(cam_x, 4), cam_y=round(cam_y, 4), cam_height=round(cam_height, 4),
+        pitch=round(pitch, 5), yaw=round(yaw, 5), vfov=round(vfov, 5),
+        floor=floor, walls=walls, ceiling=ceiling,
+        skirting_m=skirting_m, skirting_color=skirting_color,
+        wall_rects=tuple(r + (glow,) if pane and glow > 0 else r for r, pane in zip(rects, panes)),
+        **light, floor_gloss=gloss, floor_shininess=shininess,
     )
 
 
@@ -296,7 +314,7 @@ def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
         albedo += (np.asarray(params.skirting_color, np.float32)[:, None, None] - albedo) * cover
     for u0, u1, z0, z1, *colour in params.wall_rects:
         cover = _box_cover(wall_u, u0, u1, fp) * _box_cover(p[2], z0, z1, fp) * on_wall
-        albedo += (np.asarray(colour, np.float32)[:, None, None] - albedo) * cover
+        albedo += (np.asarray(colour[:3], np.float32)[:, None, None] - albedo) * cover
 
     shade = _shading(params, hits, p, size)
     # Shading is linear light; a gamma of 2 takes it to display values: out = albedo * sqrt(shade).
@@ -304,6 +322,10 @@ def render_room(params: RoomParams, size: tuple[int, int]) -> Background:
     rgb = albedo * np.sqrt(shade) * tint
     luma = 0.299 * rgb[0].mean() + 0.587 * rgb[1].mean() + 0.114 * rgb[2].mean()
     rgb *= np.float32(params.exposure / max(float(luma), 1e-6))
+    for u0, u1, z0, z1, *colour in params.wall_rects:  # bright windows: their own light, after exposure
+        if len(colour) > 3 and colour[3] > 0:
+            cover = _box_cover(wall_u, u0, u1, fp) * _box_cover(p[2], z0, z1, fp) * on_wall
+            rgb += (np.asarray(colour[:3], np.float32)[:, None, None] * np.float32(colour[3]) - rgb) * cover
     image = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return Background(image=np.ascontiguousarray(image), depth=t, floor=floor, focal_px=hits.f)
 
@@ -349,6 +371,17 @@ def _shading(params: RoomParams, hits: _Hits, p: list[np.ndarray], size: tuple[i
     edge = [np.minimum(p[i], np.float32(box[i]) - p[i]) for i in range(3)]
     near = np.select([axis == 0, axis == 1], [np.minimum(edge[1], edge[2]), np.minimum(edge[0], edge[2])],
                      np.minimum(edge[0], edge[1]))
+    if params.floor_gloss > 0:  # Blinn-Phong highlight of the light on a glossy floor (normal +z)
+        to_eye = [-d[i] for i in range(3)]
+        eye_n = np.sqrt(to_eye[0] ** 2 + to_eye[1] ** 2 + to_eye[2] ** 2)
+        light_n = np.sqrt(np.maximum(dist2, 1e-6))
+        half = [to_light[i] / light_n + to_eye[i] / eye_n for i in range(3)]
+        n_dot_h = np.maximum(half[2], 0) / np.sqrt(np.maximum(half[0] ** 2 + half[1] ** 2 + half[2] ** 2, 1e-12))
+        floor = (axis == 2) & (d[2] < 0)
+        # (s + 8) / 8 keeps the highlight's energy as it narrows (normalised Blinn-Phong)
+        shine = np.float32(params.floor_shininess)
+        spec = params.floor_gloss * params.light_power * (shine + 8) / 8 * n_dot_h ** shine
+        direct = direct + np.where(floor, spec / (1 + dist2 / np.float32(params.light_falloff_m**2)), 0)
     occlusion = 1 - params.occlusion * np.exp(-near / np.float32(0.25))
     r2 = (hits.a * hits.a + hits.b * hits.b) * np.float32(hits.f**2 / ((size[0] / 2) ** 2 + (size[1] / 2) ** 2))
     vignette = 1 - params.vignette * r2
