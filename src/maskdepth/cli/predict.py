@@ -14,7 +14,10 @@ def register(sub) -> None:
                     "camera) or a bg folder matched by file name; outputs go to OUT/<image name>/.")
     _add_ckpt(p)
     p.add_argument("--bg", required=True, help="background picture, or a folder of them named like the images")
-    p.add_argument("--image", required=True, help="picture with the foreground, or a folder of them")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="picture with the foreground, or a folder of them")
+    what.add_argument("--video", help="a video from the same fixed camera: writes mask.mp4, depth_color.mp4, "
+                                      "overlay.mp4 and video.json, streamed frame batch by frame batch")
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--size", type=int, default=None,
@@ -24,6 +27,10 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
     _add_device(p)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per model call (default: %(default)s)")
+    p.add_argument("--depth-frames", action="store_true",
+                   help="with --video: also OUT/depth/NNNNNN.png, 16-bit depth of every frame")
+    p.add_argument("--alpha-webm", action="store_true",
+                   help="with --video: also foreground.webm, the frames with the mask as alpha (VP9)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=run_predict)
 
@@ -78,12 +85,34 @@ def run_predict(args) -> int:
         raise UserError(f"--size {args.size}: too small; give a side of at least 8 pixels")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.video is not None:
+        return _run_predict_video(args)
+    if args.depth_frames or args.alpha_webm:
+        raise UserError("--depth-frames and --alpha-webm go with --video; leave them out for pictures")
     plan = plan_outputs(args.bg, args.image, args.out, force=args.force)  # bad paths fail before the model loads
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
                            batch_size=args.batch_size, bf16=False if args.fp32 else None)
     predict_files(predictor, plan, resize_bg=args.resize_bg)
     where = plan[0][2] if len(plan) == 1 else f"{args.out}/<image name>/"
     print(f"wrote {len(plan)} prediction(s) to {where} (depth in {predictor.depth_unit})")
+    return 0
+
+
+def _run_predict_video(args) -> int:
+    from maskdepth.errors import UserError
+    from maskdepth.predict import load_model
+
+    try:
+        from maskdepth import video
+    except ImportError:
+        raise UserError("--video needs PyAV, which is not installed; pip install 'maskdepth[video]'") from None
+    video.plan_video_outputs(args.out, args.depth_frames, args.alpha_webm, args.force)
+    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
+                           batch_size=args.batch_size, bf16=False if args.fp32 else None)
+    report = video.predict_video(predictor, args.bg, args.video, args.out, resize_bg=args.resize_bg,
+                                 depth_frames=args.depth_frames, alpha_webm=args.alpha_webm, force=args.force)
+    print(f"wrote {report.frames} frames ({report.width}x{report.height}, {report.fps:.1f} frames/s) to "
+          f"{args.out}/: {', '.join(report.files)}")
     return 0
 
 
