@@ -38,8 +38,12 @@ def register(sub) -> None:
                        description="Export CKPT to ONNX with dynamic batch, height and width (inputs bg and image, "
                                    "outputs mask_logits and depth), then check ONNX Runtime against PyTorch at "
                                    "another size; the file appears only if they agree.")
-    e.add_argument("ckpt", help="model checkpoint (.safetensors)")
-    e.add_argument("--onnx", required=True, help="output .onnx file")
+    e.add_argument("ckpt", nargs="?", default=None,
+                   help="model checkpoint (.safetensors); with --web, the shipped weights when left out")
+    to = e.add_mutually_exclusive_group(required=True)
+    to.add_argument("--onnx", help="output .onnx file")
+    to.add_argument("--web", metavar="DIR", help="a static folder (index.html, the ONNX model, onnxruntime-web) "
+                                                 "that runs the model on a webcam in the browser, offline")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     e.add_argument("--atol", type=float, default=1e-4, help="largest allowed abs difference (default: %(default)s)")
     e.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
@@ -117,7 +121,20 @@ def _run_predict_video(args) -> int:
 
 
 def run_export(args) -> int:
+    from maskdepth.errors import UserError
     from maskdepth.export import export_checkpoint
+
+    if args.web is not None:
+        from maskdepth.predict import load_model
+        from maskdepth.web_export import export_web, ort_dist_dir
+
+        ort_dist_dir()  # missing runtime files fail before the model loads
+        report = export_web(load_model(args.ckpt, "cpu"), args.web, force=args.force)
+        print(f"wrote {args.web}/ ({report['bytes'] / 2**20:.0f} MiB): open {args.web}/index.html in a browser; "
+              "it needs no server and no network")
+        return 0
+    if args.ckpt is None:
+        raise UserError("export --onnx: give the checkpoint to export (e.g. runs/gpu/best.safetensors)")
 
     report = export_checkpoint(args.ckpt, args.onnx, force=args.force, opset=args.opset,
                                check=not args.no_check, atol=args.atol)
