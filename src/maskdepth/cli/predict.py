@@ -111,6 +111,7 @@ def _run_predict_video(args) -> int:
     except ImportError:
         raise UserError("--video needs PyAV, which is not installed; pip install 'maskdepth[video]'") from None
     video.plan_video_outputs(args.out, args.depth_frames, args.alpha_webm, args.force)
+    video.steady_memory()
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
                            batch_size=args.batch_size, bf16=False if args.fp32 else None)
     report = video.predict_video(predictor, args.bg, args.video, args.out, resize_bg=args.resize_bg,
