@@ -9,26 +9,18 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main
 from maskdepth.codecs import decode_depth_png, decode_image
-from maskdepth.models import create_model
 from maskdepth.predict import load_model
 from maskdepth.serve import create_app
 
-HEADER = {"train_size": [48, 48], "depth": {"unit": "m", "scale": 0.001, "max": 10.0}}
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, create_model("maskdepth-small", width=8), HEADER)
-    return path
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +59,7 @@ def test_page_and_prediction_match_predict_command(client, ckpt, tmp_path, capsy
     assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
     assert client.get("/api/info").json()["depth_unit"] == "m"
     assert client.get("/api/scale.png").headers["content-type"] == "image/png"
+    assert client.get("/page.css").headers["content-type"].startswith("text/css")
     bg, image = pair()
     r = post(client, bg=bg, image=image)
     assert r.status_code == 200, r.text

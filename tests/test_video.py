@@ -8,26 +8,19 @@ import json
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main
 from maskdepth.codecs import decode_image
-from maskdepth.models import create_model
 from maskdepth.predict import load_model
 from maskdepth.video import alpha_webm_supported, write_synthetic_clip
 
 H, W, FRAMES = 48, 64, 12
-HEADER = {"train_size": [48, 48], "depth": {"unit": "m", "scale": 0.001, "max": 10.0}}
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, create_model("maskdepth-small", width=8), HEADER)
-    return path
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main
 from maskdepth.errors import UserError
-from maskdepth.models import create_model
 from maskdepth.web_export import ORT_BUNDLE, classic_script, ort_dist_dir
-
-HEADER = {"train_size": [48, 48], "depth": {"unit": "m", "scale": 0.001, "max": 10.0}}
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, create_model("maskdepth-small", width=8), HEADER)
-    return path
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 def ort_installed() -> bool:
@@ -56,7 +48,7 @@ def test_export_web_writes_a_self_contained_folder(ckpt, tmp_path, capsys):
     site = tmp_path / "site"
     assert main(["export", str(ckpt), "--web", str(site)]) == 0
     names = {p.name for p in site.iterdir()}
-    assert {"index.html", "model.onnx", "model.js", "ort.js", "ort-wasm.js", "config.js"} <= names
+    assert {"index.html", "page.css", "model.onnx", "model.js", "ort.js", "ort-wasm.js", "config.js"} <= names
     html = (site / "index.html").read_text()
     assert "http://" not in html and "https://" not in html  # no CDN: every script is a local file
     for script in ("config.js", "ort.js", "ort-wasm.js", "model.js"):

@@ -77,7 +77,7 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS):
+def open_image(path: str | os.PathLike, max_pixels: int | None = None):
     """Open an image with Pillow, refusing unreadable files and decompression bombs with one clear line.
 
     The size is checked on the header before any pixel is decoded; Pillow's process-wide limit is left alone.
@@ -86,18 +86,19 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS):
     return _open_checked(path, str(path), max_pixels, "replace or remove the file")
 
 
-def open_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS):
+def open_image_bytes(data: bytes, name: str, max_pixels: int | None = None):
     """`open_image` for an image held in memory (an upload); `name` is what error messages call it."""
     import io
 
     return _open_checked(io.BytesIO(data), name, max_pixels, "send a complete PNG or JPEG")
 
 
-def _open_checked(source, name: str, max_pixels: int, what_to_do: str):
+def _open_checked(source, name: str, max_pixels: int | None, what_to_do: str):
     import warnings
 
     from PIL import Image
 
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels  # read now: tests may lower the limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

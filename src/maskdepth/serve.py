@@ -35,6 +35,7 @@ MAX_PIXELS = 4096 * 4096  # per picture; the model runs at its working size, but
 CONCURRENCY = 1  # pairs in the model at once: one already uses every core
 QUEUE = 32  # requests that may wait for the model; more are refused with 503
 PAGE = "web/serve.html"
+STYLE = "web/page.css"
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -63,6 +64,9 @@ class App:
 
     async def page(self, request: Request) -> HTMLResponse:
         return HTMLResponse(files("maskdepth").joinpath(PAGE).read_text(encoding="utf-8"))
+
+    async def style(self, request: Request) -> Response:
+        return Response(files("maskdepth").joinpath(STYLE).read_text(encoding="utf-8"), media_type="text/css")
 
     async def info(self, request: Request) -> JSONResponse:
         p = self.predictor
@@ -142,8 +146,8 @@ def create_app(predictor: Predictor, **options: Any) -> Starlette:
     async def not_found(request: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, f"{request.url.path}: {exc.detail}")
 
-    routes = [Route("/", app.page), Route("/api/info", app.info), Route("/api/scale.png", app.scale_png),
-              Route("/api/predict", app.predict, methods=["POST"])]
+    routes = [Route("/", app.page), Route("/page.css", app.style), Route("/api/info", app.info),
+              Route("/api/scale.png", app.scale_png), Route("/api/predict", app.predict, methods=["POST"])]
     starlette = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     starlette.state.app = app
     return starlette

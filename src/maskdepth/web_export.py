@@ -29,6 +29,7 @@ ORT_BUNDLE = "ort.webgpu.bundle.min.mjs"  # WebGPU and WebAssembly execution pro
 ORT_WASM = "ort-wasm-simd-threaded.asyncify.wasm"  # the binary that bundle loads
 MARKER = ".maskdepth-web"
 PAGE = "web/camera.html"
+STYLE = "web/page.css"
 
 
 def ort_dist_dir() -> Path:
@@ -76,7 +77,8 @@ def export_web(predictor: Predictor, out: str | os.PathLike, force: bool = False
     atomic_write_text(out / "ort.js", classic_script((dist / ORT_BUNDLE).read_text(encoding="utf-8")))
     atomic_write_text(out / "ort-wasm.js", _b64_script("MASKDEPTH_ORT_WASM", (dist / ORT_WASM).read_bytes()))
     atomic_write_text(out / "model.js", _b64_script("MASKDEPTH_MODEL", (out / "model.onnx").read_bytes()))
-    atomic_write_text(out / "index.html", files("maskdepth").joinpath(PAGE).read_text(encoding="utf-8"))
+    for name, source in (("index.html", PAGE), ("page.css", STYLE)):
+        atomic_write_text(out / name, files("maskdepth").joinpath(source).read_text(encoding="utf-8"))
     atomic_write_text(out / MARKER, "written by maskdepth export --web\n")
     for p in out.iterdir():  # readable by a web server too, should the folder be served rather than opened
         p.chmod(0o644)

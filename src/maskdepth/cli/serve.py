@@ -26,6 +26,11 @@ def register(sub) -> None:
 
 
 def run_serve(args) -> int:
+    import os
+
+    # Idle OpenMP threads sleep instead of spinning, leaving the cores to decoding, encoding and the event loop
+    # between requests. Read when torch loads, hence set before its import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from maskdepth.errors import UserError
 
     try:
