@@ -62,13 +62,13 @@ def main() -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for s in seconds:
+        for i, s in enumerate(seconds):
             frames = int(round(s * args.rate))
             clip = tmp / f"clip-{s:g}s.mp4"
             bg = write_synthetic_clip(clip, frames, h, w, rate=args.rate)
             Image.fromarray(np.asarray(bg)).save(tmp / "bg.png")
             r = {"clip_seconds": s, "clip_mib": round(clip.stat().st_size / 2**20, 2),
-                 **run_one(tmp / "bg.png", clip, tmp / f"out-{s:g}s", args.device)}
+                 **run_one(tmp / "bg.png", clip, tmp / f"out-{i}", args.device)}
             runs.append(r)
             print(f"{s:g} s clip ({r['frames']} frames {w}x{h}): {r['fps']} frames/s, peak RSS {r['peak_rss_mib']} MiB",
                   flush=True)
