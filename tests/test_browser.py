@@ -117,7 +117,7 @@ def server(predictor):
 
 def test_serve_page_shows_the_mask_of_predict(browser, server, scene, tmp_path):
     folder, _ = scene
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, permissions=["camera"])
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
@@ -142,6 +142,16 @@ def test_serve_page_shows_the_mask_of_predict(browser, server, scene, tmp_path):
     assert coverage == pytest.approx(100 * (want >= 128).mean(), abs=0.2) and coverage > 1
     if SHOTS:
         page.screenshot(path=str(Path(SHOTS) / "serve.png"), full_page=True)
+    # the webcam path: capture the empty scene from the (fake) camera, then stream frames to the server
+    page.click("#cam-start")
+    page.wait_for_function("!document.getElementById('cam-bg').disabled", timeout=30_000)
+    page.click("#cam-bg")
+    page.wait_for_function("!document.getElementById('cam-stream').disabled")
+    page.click("#cam-stream")
+    page.wait_for_function("Number(document.body.dataset.results) >= 3", timeout=60_000)
+    page.click("#cam-stream")  # stop
+    assert page.inner_text("#error") == "" and not errors
+    assert page.inner_text("#size").startswith(f"{W}x{H}")
     page.close()
 
 
