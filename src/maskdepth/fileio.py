@@ -77,23 +77,35 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
-def open_image(path: str | os.PathLike):
+def open_image(path: str | os.PathLike, max_pixels: int | None = None):
     """Open an image with Pillow, refusing unreadable files and decompression bombs with one clear line.
 
     The size is checked on the header before any pixel is decoded; Pillow's process-wide limit is left alone.
     """
+    path = require_file(path, "image")
+    return _open_checked(path, str(path), max_pixels, "replace or remove the file")
+
+
+def open_image_bytes(data: bytes, name: str, max_pixels: int | None = None):
+    """`open_image` for an image held in memory (an upload); `name` is what error messages call it."""
+    import io
+
+    return _open_checked(io.BytesIO(data), name, max_pixels, "send a complete PNG or JPEG")
+
+
+def _open_checked(source, name: str, max_pixels: int | None, what_to_do: str):
     import warnings
 
     from PIL import Image
 
-    path = require_file(path, "image")
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels  # read now: tests may lower the limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        if img.width * img.height > MAX_IMAGE_PIXELS:
+            img = Image.open(source)
+        if img.width * img.height > max_pixels:
             raise UserError(
-                f"{path}: image is {img.width}x{img.height}, larger than the {MAX_IMAGE_PIXELS:,}-pixel limit; "
+                f"{name}: image is {img.width}x{img.height}, larger than the {max_pixels:,}-pixel limit; "
                 "downscale it first"
             )
         img.load()
@@ -101,11 +113,13 @@ def open_image(path: str | os.PathLike):
         raise
     except Image.DecompressionBombError:
         raise UserError(
-            f"{path}: image is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb guard); "
+            f"{name}: image is larger than the {max_pixels:,}-pixel limit (decompression bomb guard); "
             "downscale it first"
         ) from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"{name}: cannot read image (not a picture format Pillow knows); {what_to_do}") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: cannot read image ({e}); replace or remove the file") from None
+        raise UserError(f"{name}: cannot read image ({e}); {what_to_do}") from None
     return img
 
 

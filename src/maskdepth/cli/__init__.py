@@ -15,7 +15,7 @@ from maskdepth import __version__
 from maskdepth.errors import UserError
 
 # command-group modules, in the order `--help` lists them
-GROUPS = ["data", "models", "train", "predict", "calibrate", "demo"]
+GROUPS = ["data", "models", "train", "predict", "calibrate", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

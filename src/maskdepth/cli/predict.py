@@ -15,7 +15,10 @@ def register(sub) -> None:
                     "camera) or a bg folder matched by file name; outputs go to OUT/<image name>/.")
     _add_ckpt(p)
     p.add_argument("--bg", required=True, help="background picture, or a folder of them named like the images")
-    p.add_argument("--image", required=True, help="picture with the foreground, or a folder of them")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="picture with the foreground, or a folder of them")
+    what.add_argument("--video", help="a video from the same fixed camera: writes mask.mp4, depth_color.mp4, "
+                                      "overlay.mp4 and video.json, streamed frame batch by frame batch")
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--size", type=int, default=None,
@@ -27,6 +30,10 @@ def register(sub) -> None:
                    help="camera profile from `maskdepth calibrate`: depth in metres, objects.json per region")
     _add_device(p)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per model call (default: %(default)s)")
+    p.add_argument("--depth-frames", action="store_true",
+                   help="with --video: also OUT/depth/NNNNNN.png, 16-bit depth of every frame")
+    p.add_argument("--alpha-webm", action="store_true",
+                   help="with --video: also foreground.webm, the frames with the mask as alpha (VP9)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=run_predict)
 
@@ -34,8 +41,12 @@ def register(sub) -> None:
                        description="Export CKPT to ONNX with dynamic batch, height and width (inputs bg and image, "
                                    "outputs mask_logits and depth), then check ONNX Runtime against PyTorch at "
                                    "another size; the file appears only if they agree.")
-    e.add_argument("ckpt", help="model checkpoint (.safetensors)")
-    e.add_argument("--onnx", required=True, help="output .onnx file")
+    e.add_argument("ckpt", nargs="?", default=None,
+                   help="model checkpoint (.safetensors); with --web, the shipped weights when left out")
+    to = e.add_mutually_exclusive_group(required=True)
+    to.add_argument("--onnx", help="output .onnx file")
+    to.add_argument("--web", metavar="DIR", help="a static folder (index.html, the ONNX model, onnxruntime-web) "
+                                                 "that runs the model on a webcam in the browser, offline")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     e.add_argument("--atol", type=float, default=1e-4, help="largest allowed abs difference (default: %(default)s)")
     e.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
@@ -74,6 +85,12 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args) -> int:
+    if args.video is not None:
+        import os
+
+        # Idle OpenMP threads sleep instead of spinning, so the model's threads do not starve decoding and
+        # encoding (2-4x the frames per second on 2 shared cores). Read when torch loads: set before its import.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from maskdepth.errors import UserError
     from maskdepth.predict import load_model, plan_outputs, predict_files
 
@@ -81,6 +98,10 @@ def run_predict(args) -> int:
         raise UserError(f"--size {args.size}: too small; give a side of at least 8 pixels")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.video is not None:
+        return _run_predict_video(args)
+    if args.depth_frames or args.alpha_webm:
+        raise UserError("--depth-frames and --alpha-webm go with --video; leave them out for pictures")
     plan = plan_outputs(args.bg, args.image, args.out, force=args.force)  # bad paths fail before the model loads
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
                            batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera)
@@ -90,8 +111,40 @@ def run_predict(args) -> int:
     return 0
 
 
+def _run_predict_video(args) -> int:
+    from maskdepth.errors import UserError
+    from maskdepth.predict import load_model
+
+    try:
+        from maskdepth import video
+    except ImportError:
+        raise UserError("--video needs PyAV, which is not installed; pip install 'maskdepth[video]'") from None
+    video.plan_video_outputs(args.out, args.depth_frames, args.alpha_webm, args.force)
+    video.steady_memory()
+    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
+                           batch_size=args.batch_size, bf16=False if args.fp32 else None)
+    report = video.predict_video(predictor, args.bg, args.video, args.out, resize_bg=args.resize_bg,
+                                 depth_frames=args.depth_frames, alpha_webm=args.alpha_webm, force=args.force)
+    print(f"wrote {report.frames} frames ({report.width}x{report.height}, {report.fps:.1f} frames/s) to "
+          f"{args.out}/: {', '.join(report.files)}")
+    return 0
+
+
 def run_export(args) -> int:
+    from maskdepth.errors import UserError
     from maskdepth.export import export_checkpoint
+
+    if args.web is not None:
+        from maskdepth.predict import load_model
+        from maskdepth.web_export import export_web, ort_dist_dir
+
+        ort_dist_dir()  # missing runtime files fail before the model loads
+        report = export_web(load_model(args.ckpt, "cpu"), args.web, force=args.force)
+        print(f"wrote {args.web}/ ({report['bytes'] / 2**20:.0f} MiB): open {args.web}/index.html in a browser; "
+              "it needs no server and no network")
+        return 0
+    if args.ckpt is None:
+        raise UserError("export --onnx: give the checkpoint to export (e.g. runs/gpu/best.safetensors)")
 
     report = export_checkpoint(args.ckpt, args.onnx, force=args.force, opset=args.opset,
                                check=not args.no_check, atol=args.atol)
