@@ -6,8 +6,8 @@ benchmarks/results/real_photos.json.
     python benchmarks/real_photos.py --bg-dir photos/ --fg-dir cutouts/ --ckpt runs/x/best.safetensors
     python benchmarks/real_photos.py --size 96                        # predict at a working size of 96x96
 
-Composites come from the project's own path, `maskdepth data make --bg-dir --fg-dir` (masks from the cutouts'
-alpha, no depth): a seeded subset of `--backgrounds` photos x `--cutouts` cutouts x 2 flips, one placement each.
+Composites come from the project's own path, `maskdepth data make --bg-dir --fg-dir --plain` (masks from the
+cutouts' alpha, no depth, cutouts pasted as they are): a seeded subset of `--backgrounds` photos x `--cutouts` cutouts x 2 flips, one placement each.
 Without --size / --native the model runs with `predict`'s default settings, as a user would get.
 """
 
@@ -62,7 +62,7 @@ def make_pairs_dataset(bg_dir: Path, fg_dir: Path, work: Path, *, size: int, bac
     data = work / "data"
     argv = ["data", "make", str(data), "--bg-dir", str(work / "bg"), "--fg-dir", str(work / "fg"),
             "--size", str(size), "--per-pair", "1", "--test-fraction", "0", "--fg-scale", fg_scale,
-            "--seed", str(seed), "--workers", str(workers), "--quiet"]
+            "--seed", str(seed), "--workers", str(workers), "--plain", "--quiet"]
     if cli_main(argv) != 0:
         raise UserError(f"{data}: data make failed (see above); remove the folder and rerun")
     return data

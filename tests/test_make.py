@@ -205,3 +205,16 @@ def test_shadows_reflections_camouflage_and_shading_change_fg_bg_only(tmp_path):
         assert json.loads(b["json"])["cast_shadow"] == 0
         differ += a["fg_bg.jpg"] != b["fg_bg.jpg"]
     assert differ == len(samples["on"])
+
+
+def test_plain_make_pastes_cutouts_without_synthetic_effects(tmp_path):
+    from maskdepth.data.compose import ComposeConfig
+
+    plain = ComposeConfig().plain()
+    assert plain.is_plain and not ComposeConfig().is_plain
+    out = tmp_path / "plain"
+    assert main(["data", "make", str(out), "--size", "32", "--backgrounds", "2", "--foregrounds", "2",
+                 "--per-pair", "1", "--workers", "1", "--plain", "--quiet"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert "--plain" in meta["command"]
+    assert all(meta["compose"][name] == 0 for name in ComposeConfig.EFFECTS)

@@ -6,19 +6,28 @@ The IoU floor lies between what the shipped weights reach here and what they rea
 both figures are re-measured whenever the weights change (`test_floor_rejects_swapped_inputs` keeps it honest).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import maskdepth
+from maskdepth.data.capture import CaptureConfig
+from maskdepth.data.compose import ComposeConfig
 from maskdepth.data.generator import OnTheFlyGenerator
 
-IOU_FLOOR = 0.82  # shipped weights: 0.858 here; with bg and image swapped: 0.775
+IOU_FLOOR = 0.82  # shipped weights: 0.854 here; with bg and image swapped: 0.768
+# The set is pinned, not the generator's defaults (they change as training data grows harder): contact shadows, a
+# capture moved by up to 1.5 px, re-exposed, noisy and re-compressed in half the samples.
+COMPOSE = ComposeConfig(cast_prob=0, reflection_prob=0, camo_prob=0, shade_prob=0)
+CAPTURE = dataclasses.replace(CaptureConfig.off(), shift_p=0.5, shift_px=1.5, exposure_p=0.5, exposure=(0.85, 1.15),
+                              white_balance_p=0.5, white_balance=(0.93, 1.07), noise_p=0.5, jpeg_p=0.5)
 
 
 @pytest.fixture(scope="module")
 def procedural_set():
-    batch = next(OnTheFlyGenerator.procedural(8, 8, 96, seed=7, batch_size=48))
+    batch = next(OnTheFlyGenerator.procedural(8, 8, 96, seed=7, batch_size=48, compose=COMPOSE, capture=CAPTURE))
 
     def u8(x):
         return list((x.permute(0, 2, 3, 1) * 255).round().byte().numpy())

@@ -45,6 +45,9 @@ def register(dsub) -> None:
                                                   "make the whole dataset")
     p.add_argument("--workers", type=int, default=_cores(), metavar="N",
                    help=f"processes (default: the cores here, {_cores()})")
+    p.add_argument("--plain", action="store_true",
+                   help="paste cutouts as they are: no synthetic shadows, reflections, shading or camouflage "
+                        "(for benchmarks on real pictures)")
     p.add_argument("--force", action="store_true", help="replace the contents of OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_photo_arguments(p)
@@ -127,12 +130,15 @@ def _make(args) -> int:
                         "foregrounds: give one or the other")
     options = dict(PRESETS[args.preset]) if args.preset else {}
     options.update({k: v for k, v in given.items() if v is not None})
+    from maskdepth.data.compose import ComposeConfig
+
     if args.fg_scale:
-        from maskdepth.data.compose import ComposeConfig
         from maskdepth.data.photos import parse_fraction_range
 
         lo, hi = parse_fraction_range(args.fg_scale)
         options["compose"] = ComposeConfig(min_height=lo, max_height=hi)
+    if args.plain:
+        options["compose"] = options.get("compose", ComposeConfig()).plain()
     cfg = MakeConfig(seed=args.seed, shard_size=args.shard_size, test_fraction=args.test_fraction,
                      bg_dir=args.bg_dir, fg_dir=args.fg_dir, fit=args.fit,
                      teacher=args.depth_teacher, teacher_mode=args.teacher_mode,

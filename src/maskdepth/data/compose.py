@@ -22,6 +22,7 @@ Nothing here loops over samples or reads a tensor back to the host, so on CUDA a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,17 @@ class ComposeConfig:
     camo_amount: tuple[float, float] = (0.5, 0.9)
     camo_patch: float = 0.5
     camo_offset: tuple[float, float] = (0.3, 1.0)
+
+    EFFECTS = ("shadow_prob", "cast_prob", "reflection_prob", "shade_prob", "camo_prob")
+
+    def plain(self) -> ComposeConfig:
+        """This config with every synthetic effect off (shadows, reflections, shading, camouflage): cutouts pasted
+        as they are, what a benchmark of real pictures wants."""
+        return dataclasses.replace(self, **{name: 0.0 for name in self.EFFECTS})
+
+    @property
+    def is_plain(self) -> bool:
+        return all(getattr(self, name) == 0 for name in self.EFFECTS)
 
 
 @dataclass

@@ -114,6 +114,8 @@ def command_line(cfg: MakeConfig) -> str:
     default = ComposeConfig()
     if (cfg.compose.min_height, cfg.compose.max_height) != (default.min_height, default.max_height):
         parts += [f"--fg-scale {cfg.compose.min_height}:{cfg.compose.max_height}"]
+    if cfg.compose.is_plain:
+        parts += ["--plain"]
     if cfg.teacher:
         from maskdepth.data.teacher import format_flag
 
