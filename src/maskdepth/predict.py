@@ -162,10 +162,11 @@ class Predictor:
             bgs = [to_rgb_array(bg, "bg")] * len(image)
         return self.predict_arrays(bgs, [to_rgb_array(x) for x in image], resize_bg)
 
-    def predict_arrays(self, bgs: list[np.ndarray], images: list[np.ndarray],
-                       resize_bg: bool = False, names: list[str] | None = None) -> list[Prediction]:
+    def predict_arrays(self, bgs: list[np.ndarray], images: list[np.ndarray], resize_bg: bool = False,
+                       names: list[str] | None = None, layers: bool = True) -> list[Prediction]:
         """Pairs of (H,W,3) uint8 arrays -> predictions, run in batches of equal-sized consecutive pairs.
-        `names` (the image files) only make error messages precise."""
+        `names` (the image files) only make error messages precise. `layers=False` skips the empty-scene layer
+        (one more model run per distinct bg), for callers that use only the mask and the depth."""
         out: list[Prediction] = []
         i = 0
         while i < len(images):
@@ -178,7 +179,7 @@ class Predictor:
                     name = names[k] if names else "image"
                     raise UserError(f"{name}: image is {hw[1]}x{hw[0]} but its bg is {bgs[k].shape[1]}x"
                                     f"{bgs[k].shape[0]}; use a bg of the same size, or --resize-bg (resize_bg=True)")
-            out.extend(self._run(bgs[i:j], images[i:j]))
+            out.extend(self._run(bgs[i:j], images[i:j], layers))
             i = j
         return out
 

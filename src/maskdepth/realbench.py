@@ -143,7 +143,7 @@ def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0,
     masks = [p.mask for p in pairs]
 
     def flush(lo: int) -> None:
-        for pred, m in zip(predictor.predict_arrays(bgs, images), masks[lo:lo + len(images)]):
+        for pred, m in zip(predictor.predict_arrays(bgs, images, layers=False), masks[lo:lo + len(images)]):
             model.add(pred.mask_prob, m)
         bgs.clear()
         images.clear()

@@ -122,7 +122,8 @@ class App:
         bg = to_rgb_uint8(open_image_bytes(bg_data, bg_name, self.max_pixels))
         image = to_rgb_uint8(open_image_bytes(image_data, image_name, self.max_pixels))
         start = time.perf_counter()
-        pred = self.predictor.predict_arrays([bg], [image], resize_bg, names=[image_name])[0]
+        pred = self.predictor.predict_arrays([bg], [image], resize_bg, names=[image_name],
+                                             layers=self.predictor.camera is not None)[0]
         model_ms = 1000 * (time.perf_counter() - start)
         depth = self.predictor.depth
         lo, hi = float(pred.depth.min()), float(pred.depth.max())

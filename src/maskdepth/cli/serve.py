@@ -15,7 +15,10 @@ def register(sub) -> None:
     p.add_argument("--ckpt", default=None, help="model checkpoint (default: the weights shipped with maskdepth)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one)")
     p.add_argument("--size", type=int, default=None,
-                   help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
+                   help="run at about SIZE x SIZE pixels, aspect ratio kept (default: as `maskdepth predict`)")
+    p.add_argument("--camera", default=None, metavar="CAMERA_JSON",
+                   help="camera profile from `maskdepth calibrate`: depth in metres (a pair of another size is "
+                        "refused)")
     p.add_argument("--max-upload-mib", type=float, default=25.0,
                    help="largest request accepted, in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=None,
@@ -44,7 +47,7 @@ def run_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port between 1 and 65535")
-    predictor = load_model(args.ckpt, args.device, size=args.size)
+    predictor = load_model(args.ckpt, args.device, size=args.size, camera=args.camera)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mib * 2**20),
                      max_pixels=args.max_pixels or MAX_PIXELS, queue=max(0, args.queue))
     host = f"[{args.host}]" if ":" in args.host else args.host
