@@ -12,21 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_HEADER as HEADER
 from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main
 from maskdepth.errors import UserError
 from maskdepth.models import create_model
 from maskdepth.predict import Predictor, load_model, predict_images, working_size
 
-HEADER = {"train_size": [48, 48], "depth": {"unit": "m", "scale": 0.001, "max": 10.0}}
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, create_model("maskdepth-small", width=8), HEADER)
-    return path
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")
