@@ -369,3 +369,15 @@ def test_matching_init_grows_another_design_from_a_checkpoint(dataset, tmp_path,
     assert read_checkpoint(grown / "last.safetensors")[1]["model"] == "maskdepth-siamese"
     with pytest.raises(UserError, match="init_mode"):
         config(dataset, **{"model.init_mode": "loose"})
+
+
+def test_a_run_out_of_time_goes_on_with_more_seconds(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(config(dataset, **{"train.epochs": 2, "train.epoch_steps": 4, "train.time_budget_s": 1e-9,
+                             "data.eval_split": "", "train.samples": 0}), run)
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 1
+    assert cli(["train", "--resume", str(run), "--more-seconds", "600"]) == 0
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 8  # the whole plan, in a second sitting
+    assert cli(["train", "--resume", str(run), "--more-seconds", "-1"]) == 2
+    assert cli(["train", "--out", str(tmp_path / "x"), "--more-seconds", "5"]) == 2
+    assert "--more-seconds goes with --resume" in capsys.readouterr().err

@@ -33,6 +33,9 @@ def register(sub) -> None:
                    help="fine-tune: start from the packaged default weights or a checkpoint")
     p.add_argument("--out", metavar="RUN", help="run folder to create")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where its last state was saved")
+    p.add_argument("--more-seconds", type=float, metavar="S",
+                   help="with --resume: train at most S more seconds, then stop with a checkpoint (resume again "
+                        "to go on: a long run over several sittings)")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out folder")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="stop after this many steps in all")
@@ -76,7 +79,7 @@ def _train(args) -> int:
     from maskdepth.errors import UserError
     from maskdepth.train.config import load_config
     from maskdepth.train.loop import train
-    from maskdepth.train.rundir import CONFIG, command_line, open_existing
+    from maskdepth.train.rundir import CONFIG, command_line, load_state, open_existing
 
     overrides = {key: getattr(args, flag) for flag, key in SHORT_FLAGS.items() if getattr(args, flag) is not None}
     if args.resume:
@@ -84,8 +87,15 @@ def _train(args) -> int:
             raise UserError(f"--resume {args.resume} continues the run as it was configured "
                             f"({Path(args.resume) / CONFIG}); give no other options with it")
         config = open_existing(args.resume)
+        if args.more_seconds is not None:
+            if not args.more_seconds > 0:
+                raise UserError(f"--more-seconds {args.more_seconds}: give a number of seconds > 0")
+            # the budget counts training time over the whole run; the state says how much is spent
+            config.train.time_budget_s = load_state(Path(args.resume))["train_time"] + args.more_seconds
         train(config, args.resume, resume=True, argv=command_line())
         return 0
+    if args.more_seconds is not None:
+        raise UserError("--more-seconds goes with --resume RUN; for a new run set train.time_budget_s")
     if not args.out:
         raise UserError("give the run folder to write: --out RUN (or --resume RUN to continue one)")
     config = load_config(args.config, args.sets, overrides)
