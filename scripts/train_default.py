@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "default-gpu", help="run folder")
     ap.add_argument("--out-dir", type=Path, default=None, help="weights and card (default: the package's "
                                                                 "weights folder; with --tiny a temporary one)")
+    ap.add_argument("--steps", type=int, default=None, help="train this many steps instead of the estimate (the "
+                                                            "time is still the limit)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--tiny", action="store_true", help="dry run: tiny settings, 0.5 minutes, no real photos")
     ap.add_argument("--force", action="store_true", help="replace an existing run folder")
@@ -77,19 +79,22 @@ def main() -> int:
     minutes = 0.5 if args.tiny else args.minutes
     config = load_config(ROOT / args.config, args.set, TINY if args.tiny else None)
     device = resolve_device(args.device if not args.tiny else "cpu")
-    rate = step_rate(config, device) * 0.85  # the data and the bookkeeping cost a little beside the step
     epochs = sum(s[1] for s in config.train.resize) if config.train.resize else config.train.epochs
-    steps = max(epochs, int(rate * minutes * 60))
+    if args.steps:
+        steps, how = args.steps, "given"
+    else:
+        rate = step_rate(config, device) * 0.85  # the data and the bookkeeping cost a little beside the step
+        steps, how = max(epochs, int(rate * minutes * 60)), f"{rate:.2f} steps/s measured"
     config = load_config(ROOT / args.config, args.set, {
         **(TINY if args.tiny else {}), "train.device": str(device), "train.steps": steps,
         "train.epoch_steps": -(-steps // epochs), "train.time_budget_s": minutes * 60})
-    print(f"train_default: {config.model.name}, {steps} steps in {minutes:g} min on {device} "
-          f"({rate:.2f} steps/s measured)", file=sys.stderr)
+    print(f"train_default: {config.model.name}, {steps} steps ({how}) in at most {minutes:g} min on {device}",
+          file=sys.stderr)
     train(config, args.out, force=args.force, argv=sys.argv)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or (Path(tmp) if args.tiny else WEIGHTS)
         card = package(args.out / "last.safetensors", args.out, out_dir, config=args.config,
-                       command=f"python scripts/train_default.py --minutes {minutes:g} --config {args.config}",
+                       command=" ".join(["python", *sys.argv]),
                        real=not args.tiny)
         print(json.dumps({"steps": card["recipe"]["steps"], "metrics": card["evaluation"]["metrics"],
                           "real_photos": card["real_photos"]}, indent=2))
