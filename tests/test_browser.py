@@ -26,7 +26,7 @@ from PIL import Image
 from maskdepth.cli import main
 from maskdepth.errors import UserError
 from maskdepth.export import scene_pair
-from maskdepth.predict import load_model
+from maskdepth.predict import load_model, working_size
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 H, W = 480, 640
@@ -183,7 +183,7 @@ def test_static_page_runs_offline_on_the_fake_webcam(browser, scene, predictor, 
                        " mask: Array.from(maskdepthState.mask)})")
     assert st["err"] is None and not errors and st["fps"] > 0
     wh, ww = st["work"]
-    assert (wh, ww) == predictor.work_size(H, W)
+    assert (wh, ww) == working_size(H, W, predictor.train_size)  # the page's rule: about the training size
     got = np.asarray(st["mask"], np.float32).reshape(wh, ww)
     # Python on the same pixels, at the same working size
     small = [np.asarray(Image.fromarray(a).resize((ww, wh), Image.BILINEAR))
