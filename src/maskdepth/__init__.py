@@ -10,8 +10,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = ["__version__", "load_model"]
 
 
-def load_model(path=None, device=None):
-    """Load a trained model for prediction; None loads the default weights shipped in the package."""
+def load_model(path=None, device=None, **options):
+    """Load a trained model for prediction; None loads the default weights shipped in the package. `options`
+    (size, native, threshold, batch_size, bf16) are those of `maskdepth.predict.load_model`."""
     from maskdepth.predict import load_model as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, **options)
