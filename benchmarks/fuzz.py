@@ -308,6 +308,9 @@ def run_child(argv: list[str], cwd: Path, timeout: float) -> tuple[int | None, s
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
             os.dup2(fd, 2)
+            # a test runner may have replaced sys.stdout/err with its own capture: write to the real fds
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
             from maskdepth.cli import main
 
             code = int(main(argv) or 0)

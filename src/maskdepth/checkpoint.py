@@ -22,7 +22,7 @@ MAX_PARAMS = 250_000_000
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[str, Any] | None = None) -> None:
     """Write `model`'s weights and how to rebuild it (model_name, model_kwargs) plus `info` atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -33,8 +33,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[
         **(info or {}),
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # serialised in memory, then written plainly: a full disk is then an OSError atomic_path reports in one line
+    data = save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        tmp.write_bytes(data)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

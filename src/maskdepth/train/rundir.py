@@ -12,6 +12,7 @@ RUN/
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
@@ -185,8 +186,12 @@ def _tuples(x: Any) -> Any:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
+    # serialised in memory first: torch.save onto a full disk fails with an opaque RuntimeError, a plain write
+    # with OSError, which atomic_path turns into one line naming the file
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path / STATE) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load_state(path: Path) -> dict[str, Any]:
