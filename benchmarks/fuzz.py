@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutate import BYTE_MUTATIONS, mutate_json, mutate_tar, mutate_zip  # noqa: E402
+from mutate import BYTE_MUTATIONS, mutate_json, mutate_tar, mutate_zip, png_claiming_size  # noqa: E402
 
 OUTCOMES = ("ok", "clear error", "traceback", "hang", "other")
 TRAIN_ARGS = ["--model", "maskdepth-small", "--size", "32", "--batch-size", "4", "--steps", "1", "--set",
@@ -131,6 +131,20 @@ def _dataset_command(rng: random.Random, d: str, ckpt: str, fast: bool) -> list[
     return rng.choice(choices)
 
 
+def _damage(raw: bytes, rng: random.Random, special: Callable[[bytes, random.Random], tuple[str, bytes]],
+            p: float) -> tuple[str, bytes]:
+    """The format-aware mutation `special` with probability p, else a plain byte mutation: (name, bytes)."""
+    if rng.random() < p:
+        return special(raw, rng)
+    name = rng.choice(sorted(BYTE_MUTATIONS))
+    return name, BYTE_MUTATIONS[name](raw, rng)
+
+
+def _mutate_json_bytes(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
+    name, obj = mutate_json(json.loads(raw), rng)
+    return name, json.dumps(obj).encode()
+
+
 def make_case(world: World, folder: Path, rng: random.Random, family: str, fast: bool) -> Case:
     """Copy what the case reads into `folder`, damage one input, and return the command."""
     inp = folder / "in"
@@ -143,47 +157,20 @@ def make_case(world: World, folder: Path, rng: random.Random, family: str, fast:
         argv = _dataset_command(rng, "in/data", "in/model.safetensors", fast)
         if family == "shard":  # a shard the command reads: evaluate reads the test split, the others train
             split = "test" if argv[0] == "evaluate" else "train"
-            shard = rng.choice(sorted((data / "shards").glob(f"{split}-*.tar")))
-            raw = shard.read_bytes()
-            if rng.random() < 0.5:
-                name, raw = mutate_tar(raw, rng)
-            else:
-                name = rng.choice(sorted(BYTE_MUTATIONS))
-                raw = BYTE_MUTATIONS[name](raw, rng)
-            shard.write_bytes(raw)
-            mutation = f"{shard.name}:{name}"
+            p = rng.choice(sorted((data / "shards").glob(f"{split}-*.tar")))
+            name, raw = _damage(p.read_bytes(), rng, mutate_tar, 0.5)
         elif family == "metadata":
             p = data / "metadata.json"
-            if rng.random() < 0.8:
-                mutation, meta = mutate_json(json.loads(p.read_text()), rng)
-                p.write_text(json.dumps(meta))
-            else:
-                mutation = rng.choice(sorted(BYTE_MUTATIONS))
-                p.write_bytes(BYTE_MUTATIONS[mutation](p.read_bytes(), rng))
-        else:
+            name, raw = _damage(p.read_bytes(), rng, _mutate_json_bytes, 0.8)
+        else:  # or a header claiming a huge picture, CRC fixed up
             p = rng.choice(sorted((data / "backgrounds").glob("bg-*.png")))
-            raw = p.read_bytes()
-            if rng.random() < 0.3:  # a header claiming a huge picture, CRC fixed up
-                import struct
-                import zlib
-
-                ihdr = struct.pack(">II", rng.choice([1, 9000, 60000]), rng.choice([1, 9000, 60000])) + raw[24:29]
-                raw = raw[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + raw[33:]
-                mutation = f"{p.name}:ihdr-size"
-            else:
-                name = rng.choice(sorted(BYTE_MUTATIONS))
-                raw = BYTE_MUTATIONS[name](raw, rng)
-                mutation = f"{p.name}:{name}"
-            p.write_bytes(raw)
-        return Case(family, mutation, argv, ["in"])
+            name, raw = _damage(p.read_bytes(), rng, lambda raw, rng: ("ihdr-size", png_claiming_size(
+                raw, rng.choice([1, 9000, 60000]), rng.choice([1, 9000, 60000]))), 0.3)
+        p.write_bytes(raw)
+        return Case(family, name if family == "metadata" else f"{p.name}:{name}", argv, ["in"])
     if family == "zip":
         z = inp / "seed.zip"
-        raw = world.zip.read_bytes()
-        if rng.random() < 0.6:
-            mutation, raw = mutate_zip(raw, rng)
-        else:
-            mutation = rng.choice(sorted(BYTE_MUTATIONS))
-            raw = BYTE_MUTATIONS[mutation](raw, rng)
+        mutation, raw = _damage(world.zip.read_bytes(), rng, mutate_zip, 0.6)
         z.write_bytes(raw)
         # two workers are processes started from scratch (seconds each): now and then, not every time
         workers = "2" if not fast and rng.random() < 0.05 else rng.choice(["0", "1"])

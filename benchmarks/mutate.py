@@ -7,7 +7,9 @@ import io
 import json
 import random
 import struct
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,12 @@ def flip_bytes(data: bytes, rng: random.Random) -> bytes:
 def zero_header(data: bytes, rng: random.Random) -> bytes:
     n = min(len(data), rng.choice([16, 64, 512, 1024]))
     return bytes(n) + data[n:]
+
+
+def png_claiming_size(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its IHDR claiming width x height (CRC fixed up): a decompression bomb's header."""
+    ihdr = struct.pack(">II", width, height) + png[24:29]
+    return png[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + png[33:]
 
 
 BYTE_MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
@@ -93,7 +101,8 @@ def mutate_zip(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     src = zipfile.ZipFile(io.BytesIO(data))
     names = src.namelist()
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        warnings.simplefilter("ignore", UserWarning)  # the duplicate name is the point
         for n in names:
             z.writestr(n, src.read(n))
         victim = rng.choice(names)

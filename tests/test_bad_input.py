@@ -15,7 +15,7 @@ from maskdepth.data.make import MakeConfig, make_dataset
 from maskdepth.data.shards import count_shard_samples, iter_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mutate import set_tar_field, tar_headers  # noqa: E402
+from mutate import png_claiming_size, set_tar_field, tar_headers  # noqa: E402
 
 TINY = MakeConfig(size=(32, 32), backgrounds=3, foregrounds=2, per_pair=2, shard_size=4, test_fraction=0.34)
 
@@ -140,14 +140,8 @@ def test_damaged_metadata_is_one_line_naming_the_key(data, capsys, change, key, 
 
 
 def test_a_background_whose_header_claims_a_huge_picture_is_one_line(data, capsys):
-    import struct
-    import zlib
-
     p = data / "backgrounds" / "bg-00000.png"
-    raw = p.read_bytes()
-    ihdr = struct.pack(">II", 60000, 60000) + raw[24:29]  # 3.6 Gpx claimed by the header
-    raw = raw[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + raw[33:]
-    p.write_bytes(raw)
+    p.write_bytes(png_claiming_size(p.read_bytes(), 60000, 60000))  # 3.6 Gpx claimed by the header
     one_line_error(capsys, ["data", "show", str(data), "--out", str(data.parent / "g.png")], "bg-00000.png",
                    "pixel limit")
 
@@ -430,3 +424,23 @@ def test_resume_removes_a_killed_checkpoint_writes_temporary_file(made, tmp_path
     stale.write_bytes(b"half a checkpoint")
     assert cli(["train", "--resume", str(run)]) == 0
     assert not stale.exists()
+
+
+def test_a_second_data_make_into_the_same_folder_says_another_is_running(tmp_path, capsys):
+    from maskdepth.data.shards import MAKE_LOCK
+    from maskdepth.fileio import folder_lock
+
+    out = tmp_path / "data"
+    out.mkdir()
+    with folder_lock(out / MAKE_LOCK, "`maskdepth data make`"):  # stands in for a make still running
+        one_line_error(capsys, ["data", "make", str(out), "--size", "32", "--backgrounds", "2", "--foregrounds", "2",
+                                "--per-pair", "1", "--quiet"], "another `maskdepth data make` is writing")
+    assert main(["data", "make", str(out), "--size", "32", "--backgrounds", "2", "--foregrounds", "2",
+                 "--per-pair", "1", "--quiet"]) == 0
+
+
+def test_export_never_writes_over_its_own_checkpoint(ckpt, tmp_path, capsys):
+    own = Path(shutil.copy(ckpt, tmp_path / "m.safetensors"))
+    before = own.read_bytes()
+    one_line_error(capsys, ["export", str(own), "--onnx", str(own), "--force", "--no-check"], "is the checkpoint")
+    assert own.read_bytes() == before

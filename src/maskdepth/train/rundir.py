@@ -33,6 +33,7 @@ from maskdepth.fileio import (
     atomic_write_text,
     prepare_output_dir,
     remove_stale_temps,
+    write_error,
 )
 from maskdepth.train.config import Config, load_config, to_toml
 
@@ -105,8 +106,11 @@ def open_existing(path: str | Path) -> Config:
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_plain(record), sort_keys=True) + "\n")
+    try:
+        with open(path / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_plain(record), sort_keys=True) + "\n")
+    except OSError as e:
+        raise write_error(path / METRICS, e) from None
 
 
 def _plain(x: Any) -> Any:
