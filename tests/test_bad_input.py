@@ -185,6 +185,8 @@ def _header(ckpt: Path) -> dict:
     (lambda h: {**h, "depth": {**h["depth"], "max": "far"}}, "depth.max"),
     (lambda h: {**h, "depth": 3}, "depth"),
     (lambda h: {**h, "model_kwargs": {**h["model_kwargs"], "width": 100000}}, "parameters"),
+    (lambda h: {**h, "model_kwargs": {**h["model_kwargs"], "depths": [1, 1, 2, 1e308]}}, "beyond"),
+    (lambda h: {**h, "model_kwargs": {**h["model_kwargs"], "depths": [1] * 1000}}, "entries"),
     (lambda h: {**h, "model_kwargs": {**h["model_kwargs"], "width": -4}}, "width"),
     (lambda h: {**h, "model_kwargs": {**h["model_kwargs"], "depths": "abc"}}, "model"),
 ])

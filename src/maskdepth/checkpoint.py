@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ def check_header(header: Any, path: Any) -> dict[str, Any]:
         raise UserError(f"{path}: header names no model; it was not written by maskdepth")
     r.str(header, "model", max_len=128)
     kwargs = r.obj(header, "model_kwargs", default={})
+    for key, value in kwargs.items():
+        _check_kwarg(r, f"model_kwargs.{key}", value)
     if "depth_max" in kwargs:
         r.positive(kwargs, "depth_max", 1e9, "model_kwargs.depth_max")
     if header.get("train_size") is not None:
@@ -90,6 +93,35 @@ def check_header(header: Any, path: Any) -> dict[str, Any]:
         if key in header:
             r.positive(header, key, 1e9)
     return header
+
+
+# Architecture arguments are widths, counts and names: a number above these (a block count of 1e308) would
+# make even a build on the meta device run for ever. Numbers in lists are per-stage counts or sizes.
+MAX_KWARG = 1_000_000
+MAX_KWARG_ITEM = 1024
+MAX_KWARG_LIST = 64
+
+
+def _check_kwarg(r: Reader, name: str, value: Any) -> None:
+    if isinstance(value, list):
+        if len(value) > MAX_KWARG_LIST:
+            raise r.fail(name, f"has {len(value):,} entries, more than the {MAX_KWARG_LIST} allowed")
+        for i, v in enumerate(value):
+            if isinstance(v, list | dict):
+                raise r.fail(f"{name}[{i}]", "is nested; architecture arguments are numbers, names or flat lists")
+            _check_number(r, f"{name}[{i}]", v, MAX_KWARG_ITEM)
+    elif isinstance(value, dict):
+        raise r.fail(name, "is an object; architecture arguments are numbers, names or flat lists")
+    else:
+        _check_number(r, name, value, MAX_KWARG)
+
+
+def _check_number(r: Reader, name: str, value: Any, limit: float) -> None:
+    if isinstance(value, str) and len(value) > 256:
+        raise r.fail(name, "is a string of more than 256 characters")
+    if isinstance(value, int | float) and not isinstance(value, bool) and not (
+            math.isfinite(value) and abs(value) <= limit):
+        raise r.fail(name, f"is {value!r}, beyond the {limit:,} an architecture argument may be")
 
 
 def build_for_state(path: Any, name: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor],

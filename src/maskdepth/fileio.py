@@ -1,4 +1,5 @@
-"""Writes that never leave half a file, the one output-folder rule (what --force may remove), and image reading that fails in one line."""
+"""Writes that never leave half a file, the one output-folder rule (what --force may remove), a folder lock, and
+image reading that fails in one line."""
 
 from __future__ import annotations
 
