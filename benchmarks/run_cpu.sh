@@ -12,3 +12,4 @@ $py benchmarks/infer.py --device cpu --backends eager onnx  # torch.compile take
 $py benchmarks/teacher.py --workers 2
 $py benchmarks/train_step.py --devices cpu --sizes 64 112 192 --dtypes fp32 bf16 --steps 3 --max-s 8
 $py benchmarks/league.py --cpu
+$py benchmarks/fuzz.py --cases 1200  # the mutation run: counts of ok / clear error / traceback / hang
