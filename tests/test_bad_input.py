@@ -100,6 +100,10 @@ def test_a_short_shard_stops_the_loader_instead_of_dropping_samples(data):
     with pytest.raises(UserError, match=r"holds \d+ samples, the dataset's metadata says"):
         for _ in make_loader(data, "train", 2, None, train=False, workers=0):
             pass
+    with pytest.raises(UserError, match=r"holds \d+ samples, the dataset's metadata says"):
+        from maskdepth.data.inspect import show_grid
+
+        show_grid(data, "train", n=100)
 
 
 def test_a_hang_in_a_loader_worker_is_one_line_too(data, capsys, tmp_path):
