@@ -14,3 +14,4 @@ $py benchmarks/train_step.py --devices cpu --sizes 64 112 192 --dtypes fp32 bf16
 $py benchmarks/league.py --cpu
 $py benchmarks/video.py
 $py benchmarks/serve_load.py
+$py benchmarks/fuzz.py --cases 1200  # the mutation run: counts of ok / clear error / traceback / hang

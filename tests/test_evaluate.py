@@ -58,8 +58,10 @@ def test_cli_prints_every_metric_and_writes_json_markdown_and_worst_grid(dataset
     assert all(row.replace("\\|", "").count("|") == 4 for row in rows)  # "|" inside a cell is escaped
     grid = Image.open(out / "worst.png")
     assert grid.width > len(GRID_COLUMNS) * SIZE and grid.height > LABEL_H + 6 * SIZE  # 3 by IoU + 3 by depth
-    # an existing evaluation folder is ours to replace; anything else is refused
-    assert cli(["evaluate", str(ckpt), "--data", str(dataset), "--workers", "0", "--limit", "4"]) == 0
+    # an existing evaluation is replaced only with --force; anything else is refused
+    assert cli(["evaluate", str(ckpt), "--data", str(dataset), "--workers", "0", "--limit", "4"]) == 2
+    assert "already holds a maskdepth evaluation folder" in capsys.readouterr().err
+    assert cli(["evaluate", str(ckpt), "--data", str(dataset), "--workers", "0", "--limit", "4", "--force"]) == 0
     other = ckpt.parent / "notes"
     other.mkdir()
     (other / "x.txt").write_text("mine")

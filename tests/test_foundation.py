@@ -2,17 +2,22 @@
 
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from maskdepth import codecs
 from maskdepth.data import shards
+from maskdepth.data.shards import DATASET_OUTPUT
 from maskdepth.errors import UserError
-from maskdepth.fileio import atomic_write_bytes, open_image, prepare_output_dir
+from maskdepth.evaluate import EVAL_OUTPUT
+from maskdepth.fileio import atomic_path, atomic_write_bytes, folder_lock, open_image, prepare_output_dir
 
 
 def _samples(n):
@@ -91,11 +96,77 @@ def test_atomic_write_and_output_guard(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
     (user / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match="not empty"):
-        prepare_output_dir(user, force=False, owned_by="metadata.json", what="dataset")
+    for force in (False, True):  # a folder maskdepth did not write is never emptied, --force or not
+        with pytest.raises(UserError, match="not empty and is not a maskdepth dataset"):
+            prepare_output_dir(user, DATASET_OUTPUT, force=force)
     assert (user / "precious.txt").read_text() == "keep me"
-    prepare_output_dir(user, force=True, owned_by="metadata.json", what="dataset")
-    assert not any(user.iterdir())
+
+
+def test_force_removes_only_what_maskdepth_wrote(tmp_path):
+    ds = tmp_path / "ds"
+    for name in ("metadata.json", "shards/train-000000.tar", "backgrounds/bg-00000.png", "shards/.x.tar.ab.tmp",
+                 "notes.txt", "shards/my-notes.txt"):
+        (ds / name).parent.mkdir(parents=True, exist_ok=True)
+        (ds / name).write_text("x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "bg-00001.png").write_text("mine")
+    (ds / "cutouts").symlink_to(outside)  # a link is removed as a link, never followed
+    with pytest.raises(UserError, match="already holds a maskdepth dataset"):
+        prepare_output_dir(ds, DATASET_OUTPUT)
+    prepare_output_dir(ds, DATASET_OUTPUT, force=True)
+    left = sorted(str(p.relative_to(ds)) for p in ds.rglob("*"))
+    assert left == ["cutouts", "notes.txt", "shards", "shards/my-notes.txt"]
+    assert (outside / "bg-00001.png").read_text() == "mine"
+
+
+def test_an_input_inside_the_output_folder_is_refused(tmp_path):
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "metrics.json").write_text("{}")
+    (ev / "w.safetensors").write_text("weights")
+    for force in (False, True):
+        with pytest.raises(UserError, match="an input of this command lies inside"):
+            prepare_output_dir(ev, EVAL_OUTPUT, force=force, inputs=[ev / "w.safetensors"])
+    assert (ev / "w.safetensors").exists() and (ev / "metrics.json").exists()
+
+
+def test_atomic_writes_respect_the_umask_and_keep_a_replaced_files_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"1")
+        assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o640
+        (tmp_path / "b.bin").write_bytes(b"0")
+        os.chmod(tmp_path / "b.bin", 0o604)
+        atomic_write_bytes(tmp_path / "b.bin", b"1")
+        assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_a_write_below_a_file_is_one_line_naming_the_path(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="cannot write"):
+        atomic_write_bytes(tmp_path / "f" / "out.png", b"1")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path):
+    # the write fails as on a full disk; what the user sees is the path being written and why
+    with pytest.raises(UserError, match=r"x\.bin: cannot write \(No space left on device\); free some space"):
+        with atomic_path(tmp_path / "x.bin"), open("/dev/full", "wb") as f:
+            f.write(b"1" * 65536)
+            f.flush()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_second_holder_of_a_folder_lock_is_told_at_once(tmp_path):
+    with folder_lock(tmp_path / ".lock", "`maskdepth data make`"):
+        with pytest.raises(UserError, match="another `maskdepth data make` is writing"):
+            with folder_lock(tmp_path / ".lock", "`maskdepth data make`"):
+                pass
+    with folder_lock(tmp_path / ".lock", "`maskdepth data make`"):
+        pass
 
 
 def test_open_image_errors(tmp_path):

@@ -183,12 +183,18 @@ def test_output_folder_rules_and_cli(tmp_path, capsys):
     (out / "mine.txt").write_text("keep")
     assert main(["data", "import", str(src), str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--force" in err and (out / "mine.txt").exists()
-    assert main(["data", "import", str(src), str(out), "--force", "--workers", "1"]) == 0
+    assert err.count("\n") == 1 and "not a maskdepth dataset" in err and (out / "mine.txt").exists()
+    # --force never empties a folder maskdepth did not write
+    assert main(["data", "import", str(src), str(out), "--force", "--workers", "1"]) == 2
+    assert (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    assert main(["data", "import", str(src), str(out), "--workers", "1"]) == 0
     assert "imported 2 samples" in capsys.readouterr().out
-    assert not (out / "mine.txt").exists()
     with pytest.raises(UserError, match="already holds a maskdepth dataset"):
         import_dataset(src, out, progress=False)
+    (out / "notes.txt").write_text("mine")  # the user's note inside our dataset survives a --force import
+    assert main(["data", "import", str(src), str(out), "--force", "--workers", "1"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metadata.json").is_file()
     with pytest.raises(UserError, match="outside the source"):
         import_dataset(src, src / "inside", progress=False)
     assert main(["data", "import", str(tmp_path / "nope"), str(tmp_path / "o2")]) == 2

@@ -193,8 +193,8 @@ def test_plan_helpers():
 def test_damaged_sample_is_one_line_from_a_worker(tmp_path):
     root = write_dataset(tmp_path / "bad", n_train=8, n_test=2, train_shards=2)
     path = root / "shards" / shard_name("train", 1)
-    bad = [("bad000", {"fg_bg.jpg": b"not a jpeg", "mask.png": b"x", "depth.png": b"x",
-                       "json": b'{"bg": 0}'})] * 4
+    bad = [(f"bad{i:03d}", {"fg_bg.jpg": b"not a jpeg", "mask.png": b"x", "depth.png": b"x",
+                            "json": b'{"bg": 0}'}) for i in range(4)]
     write_shard(path, bad)
     loader = make_loader(root, "train", 2, None, train=False, workers=2)
     with pytest.raises(UserError) as e:

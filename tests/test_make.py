@@ -117,7 +117,8 @@ def test_refuses_a_folder_with_other_files(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     assert main(["data", "make", str(out), *TINY_ARGS, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(out) in err[0] and "--force" in err[0]
+    assert len(err) == 1 and str(out) in err[0] and "not a maskdepth dataset" in err[0]
+    assert main(["data", "make", str(out), *TINY_ARGS, "--quiet", "--force"]) == 2  # --force does not change that
     assert (out / "notes.txt").read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
 
 
@@ -129,8 +130,10 @@ def test_refuses_a_different_dataset_unless_forced(tmp_path, capsys, reference):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different maskdepth dataset" in err[0] and "seed" in err[0]
     assert files(out) == before
+    (out / "notes.txt").write_text("mine")  # the user's note inside our dataset survives --force
     assert main(["data", "make", str(out), *TINY_ARGS, "--seed", "7", "--force", "--quiet"]) == 0
     assert json.loads((out / "metadata.json").read_text())["seed"] == 7
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -10,12 +10,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = ["__version__", "calibrate", "load_model"]
 
 
-def load_model(path=None, device=None, camera=None):
-    """Load a trained model for prediction; None loads the default weights shipped in the package. `camera` (a
+def load_model(path=None, device=None, **options):
+    """Load a trained model for prediction; None loads the default weights shipped in the package. `options`
+    (size, native, threshold, batch_size, bf16, camera) are those of `maskdepth.predict.load_model`; `camera` (a
     camera.json from `maskdepth calibrate`) makes depth metric with the profile's scale."""
     from maskdepth.predict import load_model as _load
 
-    return _load(path, device=device, camera=camera)
+    return _load(path, device=device, **options)
 
 
 def calibrate(bg, camera_height=None, distances=None, fov=None, focal_px=None, ckpt=None, out=None, force=False,

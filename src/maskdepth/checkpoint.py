@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,18 @@ import torch
 
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
+from maskdepth.schema import Reader
 
 HEADER_KEY = "maskdepth"
 FORMAT_VERSION = 1
+# The largest model a checkpoint header may ask for (about 1 GB of float32): the seeds' and our models are
+# 0.6-16 M parameters.
+MAX_PARAMS = 250_000_000
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[str, Any] | None = None) -> None:
     """Write `model`'s weights and how to rebuild it (model_name, model_kwargs) plus `info` atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -29,8 +34,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[
         **(info or {}),
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # serialised in memory, then written plainly: a full disk is then an OSError atomic_path reports in one line
+    data = save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        tmp.write_bytes(data)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -49,12 +56,107 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise UserError(f"{path}: safetensors file without a maskdepth header; it was not written by maskdepth")
     try:
         header = json.loads(meta[HEADER_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise UserError(f"{path}: corrupt maskdepth header; re-export the checkpoint") from None
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {header.get('format_version')} is newer than this maskdepth "
-                        f"reads ({FORMAT_VERSION}); upgrade maskdepth")
-    return state, header
+    return state, check_header(header, path)
+
+
+def check_header(header: Any, path: Any) -> dict[str, Any]:
+    """`header` with every value this package uses checked for type and range (UserError naming the key)."""
+    r = Reader(path, "use a checkpoint written by `maskdepth train` (the file is damaged or was edited)")
+    if not isinstance(header, dict):
+        raise r.fail("the maskdepth header", f"is a {type(header).__name__}, not an object")
+    version = r.int(header, "format_version", 0, 10 ** 6, default=FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {version} is newer than this maskdepth reads "
+                        f"({FORMAT_VERSION}); upgrade maskdepth")
+    if "model" not in header:
+        raise UserError(f"{path}: header names no model; it was not written by maskdepth")
+    r.str(header, "model", max_len=128)
+    kwargs = r.obj(header, "model_kwargs", default={})
+    for key, value in kwargs.items():
+        _check_kwarg(r, f"model_kwargs.{key}", value)
+    if "depth_max" in kwargs:
+        r.positive(kwargs, "depth_max", 1e9, "model_kwargs.depth_max")
+    if header.get("train_size") is not None:
+        r.pair(header, "train_size", 1, 16384)
+    if "depth" in header and header["depth"] is not None:
+        depth = r.obj(header, "depth")
+        if "unit" in depth:
+            r.str(depth, "unit", "depth.unit", max_len=32)
+        for key in ("scale", "max"):
+            if key in depth and depth[key] is not None:
+                r.positive(depth, key, 1e9, f"depth.{key}")
+    if "depth_unit" in header:
+        r.str(header, "depth_unit", max_len=32)
+    for key in ("depth_scale", "depth_max"):
+        if key in header:
+            r.positive(header, key, 1e9)
+    return header
+
+
+# Architecture arguments are widths, counts and names: a number above these (a block count of 1e308) would
+# make even a build on the meta device run for ever. Numbers in lists are per-stage counts or sizes.
+MAX_KWARG = 1_000_000
+MAX_KWARG_ITEM = 1024
+MAX_KWARG_LIST = 64
+
+
+def _check_kwarg(r: Reader, name: str, value: Any) -> None:
+    if isinstance(value, list):
+        if len(value) > MAX_KWARG_LIST:
+            raise r.fail(name, f"has {len(value):,} entries, more than the {MAX_KWARG_LIST} allowed")
+        for i, v in enumerate(value):
+            if isinstance(v, list | dict):
+                raise r.fail(f"{name}[{i}]", "is nested; architecture arguments are numbers, names or flat lists")
+            _check_number(r, f"{name}[{i}]", v, MAX_KWARG_ITEM)
+    elif isinstance(value, dict):
+        raise r.fail(name, "is an object; architecture arguments are numbers, names or flat lists")
+    else:
+        _check_number(r, name, value, MAX_KWARG)
+
+
+def _check_number(r: Reader, name: str, value: Any, limit: float) -> None:
+    if isinstance(value, str) and len(value) > 256:
+        raise r.fail(name, "is a string of more than 256 characters")
+    if isinstance(value, int | float) and not isinstance(value, bool) and not (
+            math.isfinite(value) and abs(value) <= limit):
+        raise r.fail(name, f"is {value!r}, beyond the {limit:,} an architecture argument may be")
+
+
+def build_for_state(path: Any, name: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor],
+                    hint: str = "the file is corrupt or was edited") -> torch.nn.Module:
+    """Model `name(**kwargs)` with the weights `state` loaded. It is first built on the meta device (no memory):
+    a header that asks for more than MAX_PARAMS parameters, or for tensors the file does not hold, is refused
+    before anything is allocated, so the memory used is bounded by the file's own size."""
+    from maskdepth.models import create_model
+
+    def build() -> torch.nn.Module:
+        try:
+            return create_model(name, **kwargs)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 (kwargs come from an untrusted file: any builder error is theirs)
+            raise UserError(f"{path}: model '{name}' cannot be built from the header's model_kwargs "
+                            f"({type(e).__name__}: {str(e)[:80]}); {hint}") from None
+
+    with torch.device("meta"):
+        skeleton = build()
+    n = sum(p.numel() for p in skeleton.parameters())
+    if n > MAX_PARAMS:
+        raise UserError(f"{path}: the header asks for a model of {n:,} parameters, more than the {MAX_PARAMS:,} "
+                        f"allowed; {hint}")
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        missing = [k for k in want if k not in have]
+        unexpected = [k for k in have if k not in want]
+        wrong = [k for k in want if k in have and want[k] != have[k]]
+        raise UserError(f"{path}: weights do not fit model '{name}' ({len(missing)} missing, {len(unexpected)} "
+                        f"unexpected, {len(wrong)} of another shape); {hint}")
+    model = build()
+    model.load_state_dict(state)
+    return model
 
 
 def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -82,20 +184,6 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dic
 
 def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights. Returns (model, header)."""
-    from maskdepth.models import create_model
-
     state, header = read_checkpoint(path)
-    try:
-        model = create_model(header["model"], **header.get("model_kwargs", {}))
-    except KeyError:
-        raise UserError(f"{path}: header names no model; it was not written by maskdepth") from None
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError:  # a tensor of the wrong shape
-        missing, unexpected = ["(shape mismatch)"], []
-    if missing or unexpected:
-        raise UserError(
-            f"{Path(path)}: weights do not fit model '{header['model']}' "
-            f"({len(missing)} missing, {len(unexpected)} unexpected tensors); the file is corrupt or was edited"
-        )
+    model = build_for_state(Path(path), header["model"], header.get("model_kwargs", {}), state)
     return model.to(map_location).eval(), header

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
 from PIL import Image
+
+from maskdepth.fileio import MAX_IMAGE_PIXELS
 
 # zlib level 1: depth and mask PNGs stay lossless; higher levels cost several times the time for ~10% less space.
 PNG_LEVEL = 1
@@ -58,7 +61,16 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
+    """Decode an encoded picture; one whose header claims more than MAX_IMAGE_PIXELS is refused (ValueError)
+    before any pixel is decoded, like every other image maskdepth reads."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ValueError(f"image larger than the {MAX_IMAGE_PIXELS:,}-pixel limit") from None
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image is {img.width}x{img.height}, larger than the {MAX_IMAGE_PIXELS:,}-pixel limit")
     img.load()
     return img
 

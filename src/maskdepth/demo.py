@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from maskdepth.errors import UserError
+from maskdepth.fileio import OutputKind
 
 MARKER = "demo.json"
+# what the demo writes: its marker and report, and the dataset, run and prediction folders it makes
+DEMO_OUTPUT = OutputKind("demo folder", markers=(MARKER,), owned=(MARKER, "report.html", "data/*", "run/*", "pairs/*"))
 HEADLINE = ["mask_iou", "mask_boundary_f", "depth_absrel", "depth_rmse", "depth_delta1"]
 
 
@@ -39,7 +41,7 @@ class DemoConfig:
     seed: int = 7
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(), force: bool = False,
+def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(),
              workers: int | None = None) -> Path:
     """Run every step into `out` and return the path of report.html."""
     from maskdepth.data.make import MakeConfig, make_dataset
@@ -49,7 +51,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(
     from maskdepth.train.config import load_config
     from maskdepth.train.loop import train
 
-    out = _prepare(Path(out), force)
+    out = _prepare(Path(out))
     workers = workers or min(2, os.cpu_count() or 1)
     default = _packaged(DEFAULT_WEIGHTS)
     steps = ["make a procedural dataset", "evaluate the default weights", "fine-tune", "evaluate the fine-tuned model",
@@ -110,13 +112,11 @@ class _Steps:
         return step()
 
 
-def _prepare(out: Path, force: bool) -> Path:
-    """A folder holding an earlier demo is replaced; anything else needs --force (prepare_output_dir)."""
+def _prepare(out: Path) -> Path:
+    """A folder holding an earlier demo is replaced (only what the demo wrote); anything else is refused."""
     from maskdepth.fileio import atomic_write_text, prepare_output_dir
 
-    if (out / MARKER).is_file():
-        shutil.rmtree(out)
-    out = prepare_output_dir(out, force, owned_by=MARKER, what="demo folder")
+    out = prepare_output_dir(out, DEMO_OUTPUT, force=True)
     atomic_write_text(out / MARKER, json.dumps({"what": "maskdepth demo output; rerunning the demo replaces "
                                                         "this folder"}) + "\n")
     return out

@@ -19,10 +19,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from maskdepth.fileio import OutputKind
 from maskdepth.metrics import METRIC_NAMES, Metrics
 
 Batch = dict[str, Tensor]
 # columns of a sample grid, left to right
+EVAL_OUTPUT = OutputKind("evaluation folder", markers=("metrics.json",),
+                         owned=("metrics.json", "metrics.md", "worst.png"))
 GRID_COLUMNS = ("bg", "image", "true mask", "pred mask", "true depth", "pred depth")
 
 
@@ -181,7 +184,7 @@ def run(ckpt: str | os.PathLike, data: str | os.PathLike, split: str = "test", *
     from maskdepth.fileio import atomic_write_text, prepare_output_dir
     from maskdepth.viz import save_png
 
-    out = prepare_output_dir(out, force, owned_by="metrics.json", what="evaluation folder")
+    out = prepare_output_dir(out, EVAL_OUTPUT, force=force, inputs=[ckpt, data])
     record, result = evaluate_checkpoint(ckpt, data, split, worst_k=worst_k, **options)
     print(format_table(result.metrics))
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2) + "\n")

@@ -125,6 +125,8 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bo
     from maskdepth.checkpoint import load_model_from_checkpoint
 
     out = Path(out)
+    if ckpt is not None and out.exists() and out.resolve() == Path(ckpt).resolve():
+        raise UserError(f"{out}: is the checkpoint being exported; give another --onnx path")
     if out.exists() and not force:
         raise UserError(f"{out}: already exists; pass --force to replace it or choose another --onnx path")
     if out.is_dir():

@@ -25,17 +25,17 @@ def collect(records: list[dict]) -> dict[str, Series]:
     panels: dict[str, Series] = {}
 
     def add(panel: str, label: str, step: float, value) -> None:
-        if isinstance(value, int | float) and math.isfinite(value):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             panels.setdefault(panel, {}).setdefault(label, []).append((float(step), float(value)))
 
     for r in records:
         if r.get("event") == "skipped" or "step" not in r:
             continue
         label = str(r.get("split", "train"))
-        for k, v in (r.get("loss") or {}).items():
-            add(f"loss {k}", label, r["step"], v)
-        for k, v in (r.get("metrics") or {}).items():
-            add(k, label, r["step"], v)
+        for group, prefix in (("loss", "loss "), ("metrics", "")):
+            values = r.get(group)
+            for k, v in (values.items() if isinstance(values, dict) else ()):
+                add(f"{prefix}{k}", label, r["step"], v)
         if "lr" in r:
             add("learning rate", label, r["step"], r["lr"])
     return panels
@@ -83,13 +83,19 @@ def draw_panel(title: str, series: Series):
     return img
 
 
-def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Draw RUN/metrics.jsonl into `out` (default RUN/curves.png); returns the path written."""
+def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Draw RUN/metrics.jsonl into the PNG file `out` (default RUN/curves.png, the run's own, replaced on each
+    call); returns the path written. An existing `out` is replaced only with `force`."""
     from maskdepth.errors import UserError
     from maskdepth.train.rundir import read_metrics
     from maskdepth.viz import save_png
 
     run = Path(run)
+    if out is not None:
+        if Path(out).suffix.lower() != ".png":
+            raise UserError(f"{out}: the plot is a PNG file; give an --out path ending in .png")
+        if Path(out).exists() and not force:
+            raise UserError(f"{out}: already exists; choose another --out, or pass --force to replace it")
     panels = collect(read_metrics(run))
     if not panels:
         raise UserError(f"{run}/metrics.jsonl: no logged values yet; plot again after the run has logged")

@@ -15,7 +15,6 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=120, help="fine-tuning steps (default 120)")
     p.add_argument("--pairs", type=int, default=6, help="held-out pairs to predict and show (default 6)")
     p.add_argument("--workers", type=int, default=None, help="data processes (default: up to 2)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT that is not a demo folder")
     p.set_defaults(func=_demo)
 
 
@@ -24,5 +23,5 @@ def _demo(args) -> int:
 
     cfg = DemoConfig(size=args.size, steps=args.steps, pairs=args.pairs)
     check(cfg)
-    run_demo(args.out, cfg, force=args.force, workers=args.workers)
+    run_demo(args.out, cfg, workers=args.workers)
     return 0

@@ -9,10 +9,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "predict", help="mask and depth for image(s) given the empty scene",
         description="Predict the foreground mask and depth of IMAGE given BG, the picture of the empty scene. "
-                    "Writes mask.png (8-bit probability), depth.png (16-bit; depth.json gives unit and scale), "
-                    "depth_color.png, overlay.png and depth_bg.png (the empty scene behind the foreground); "
-                    "with --camera also objects.json. With an image folder: one bg file for all images (fixed "
-                    "camera) or a bg folder matched by file name; outputs go to OUT/<image name>/.")
+                    "Writes mask.png (the binary mask at --threshold), mask_prob.png (8-bit probability), depth.png "
+                    "(16-bit; depth.json gives unit and scale), depth_color.png, overlay.png and depth_bg.png (the "
+                    "empty scene behind the foreground); with --camera also objects.json. With an image folder: one "
+                    "bg file for all images (fixed camera) or a bg folder matched by file name; outputs go to "
+                    "OUT/<image name>/.")
     _add_ckpt(p)
     p.add_argument("--bg", required=True, help="background picture, or a folder of them named like the images")
     what = p.add_mutually_exclusive_group(required=True)
@@ -26,7 +27,8 @@ def register(sub) -> None:
                             "up to about 1 megapixel)")
     where.add_argument("--native", action="store_true", help="run at the input's own size, also above 1 megapixel")
     p.add_argument("--resize-bg", action="store_true", help="resample a bg whose size differs from the image's")
-    p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="mask.png is on where the probability is at least this, in (0, 1) (default: 0.5)")
     p.add_argument("--camera", default=None, metavar="CAMERA_JSON",
                    help="camera profile from `maskdepth calibrate`: depth in metres, objects.json per region")
     _add_device(p)
@@ -36,6 +38,10 @@ def register(sub) -> None:
     p.add_argument("--alpha-webm", action="store_true",
                    help="with --video: also foreground.webm, the frames with the mask as alpha (VP9)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--resume", action="store_true",
+                   help="leave out pairs whose outputs are complete (finish an interrupted folder)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="report a picture that cannot be read or predicted and go on with the others")
     p.set_defaults(func=run_predict)
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX (checked against PyTorch)",
@@ -99,16 +105,23 @@ def run_predict(args) -> int:
         raise UserError(f"--size {args.size}: too small; give a side of at least 8 pixels")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if not 0 < args.threshold < 1:  # nan fails too
+        raise UserError(f"--threshold {args.threshold}: give a probability strictly between 0 and 1")
     if args.video is not None:
         return _run_predict_video(args)
     if args.depth_frames or args.alpha_webm:
         raise UserError("--depth-frames and --alpha-webm go with --video; leave them out for pictures")
-    plan = plan_outputs(args.bg, args.image, args.out, force=args.force)  # bad paths fail before the model loads
+    # bad paths fail before the model loads
+    plan = plan_outputs(args.bg, args.image, args.out, force=args.force, resume=args.resume)
+    if not plan:
+        print(f"nothing to do: every pair already has its outputs in {args.out}")
+        return 0
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
                            batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera)
-    predict_files(predictor, plan, resize_bg=args.resize_bg)
+    skipped = predict_files(predictor, plan, resize_bg=args.resize_bg, skip_bad=args.skip_bad)
     where = plan[0][2] if len(plan) == 1 else f"{args.out}/<image name>/"
-    print(f"wrote {len(plan)} prediction(s) to {where} (depth in {predictor.depth_unit})")
+    print(f"wrote {len(plan) - len(skipped)} prediction(s) to {where} (depth in {predictor.depth_unit})"
+          + (f"; skipped {len(skipped)} bad pair(s), listed above" if skipped else ""))
     return 0
 
 

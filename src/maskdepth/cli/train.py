@@ -72,6 +72,7 @@ def register(sub) -> None:
                                     "rate over steps.")
     pl.add_argument("run", metavar="RUN", help="run folder")
     pl.add_argument("--out", metavar="PNG", help="output file (default RUN/curves.png)")
+    pl.add_argument("--force", action="store_true", help="replace an existing --out file")
     pl.set_defaults(func=_plot)
 
 
@@ -116,5 +117,5 @@ def _evaluate(args) -> int:
 def _plot(args) -> int:
     from maskdepth.plot import plot_run
 
-    print(f"wrote {plot_run(args.run, args.out)}")
+    print(f"wrote {plot_run(args.run, args.out, force=args.force)}")
     return 0

@@ -174,6 +174,8 @@ class BackgroundBank:
             except FileNotFoundError as e:
                 raise UserError(f"{e.filename}: background file missing; the dataset is incomplete: rerun the "
                                 "command that made it") from None
+            except (OSError, ValueError, SyntaxError) as e:
+                raise UserError(f"{rgb_p}: unreadable background ({e}); rebuild the dataset") from None
             focals.append(float(entries[i]["focal_px"]))
         return cls.from_arrays(images, depths, floors, focals, names=[str(background_files(root, i)[0]) for i in ids])
 
@@ -297,6 +299,8 @@ class CutoutBank:
             except FileNotFoundError:
                 raise UserError(f"{p}: cutout file missing; the dataset is incomplete: rerun the command that "
                                 "made it") from None
+            except (OSError, ValueError, SyntaxError) as e:
+                raise UserError(f"{p}: unreadable cutout ({e}); rebuild the dataset") from None
             rgbas.append(np.asarray(img.convert("RGBA")))
         size = size or int(meta.get("cutout_size", CUTOUT_SIZE))
         return cls.from_rgba(rgbas, [float(entries[i]["height_m"]) for i in ids], size)

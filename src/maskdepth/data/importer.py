@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import shutil
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +64,10 @@ _SEP = "_-. "
 # ---------------------------------------------------------------------------------------------------- sources
 
 
+# One picture file is read whole; a larger one (a zip bomb, a stray video) is skipped before reading.
+MAX_MEMBER_BYTES = 128 << 20
+
+
 class Source:
     """A folder or a zip file, seen as relative posix file names and their bytes."""
 
@@ -90,17 +93,28 @@ class Source:
     @property
     def zip(self) -> zipfile.ZipFile:
         if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path)
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
+                raise UserError(f"{self.path}: damaged zip file ({e}); copy it again or unpack it and import the "
+                                "folder") from None
         return self._zip
 
     def read(self, name: str) -> bytes:
-        """Bytes of a member; raises OSError / zipfile errors for what cannot be read."""
+        """Bytes of a member; raises OSError / zipfile errors for what cannot be read, ValueError for a member
+        (or file) larger than MAX_MEMBER_BYTES, checked before reading (a zip member's size is bounded by what its
+        entry says: zipfile stops there)."""
         if self.is_zip:
             try:
-                return self.zip.read(name)
+                info = self.zip.getinfo(name)
             except KeyError:
                 raise FileNotFoundError(f"no such file in {self.path.name}") from None
-        return (self.path / name).read_bytes()
+            size = info.file_size
+        else:
+            size = (self.path / name).stat().st_size
+        if size > MAX_MEMBER_BYTES:
+            raise ValueError(f"{size:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte limit for one picture")
+        return self.zip.read(info) if self.is_zip else (self.path / name).read_bytes()
 
     def label(self, name: str) -> str:
         return f"{self.path}:{name}" if self.is_zip else str(self.path / name)
@@ -460,21 +474,13 @@ def _split(keys: list[Any], fraction: float, rng: random.Random) -> set[Any]:
 
 
 def _prepare_out(out: Path, src: Path, force: bool) -> Path:
-    from maskdepth.data.shards import METADATA
+    from maskdepth.data.shards import DATASET_OUTPUT
     from maskdepth.fileio import prepare_output_dir
 
     o, s = out.resolve(), src.resolve()
     if o == s or s in o.parents or o in s.parents:
         raise UserError(f"{out}: the output folder must be outside the source {src} (and not contain it)")
-    had_dataset = (out / METADATA).is_file()
-    if had_dataset and not force:
-        raise UserError(f"{out}: already holds a maskdepth dataset; choose another folder or pass --force to "
-                        "replace it")
-    prepare_output_dir(out, force, owned_by=METADATA, what="dataset")
-    if had_dataset:  # --force: replace our own earlier output too
-        for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return out
+    return prepare_output_dir(out, DATASET_OUTPUT, force=force)
 
 
 def import_dataset(src: str | os.PathLike, out: str | os.PathLike, *, manifest: str | os.PathLike | None = None,
@@ -568,7 +574,7 @@ def import_dataset(src: str | os.PathLike, out: str | os.PathLike, *, manifest: 
 
     done: list[tuple[str, _Done]] = []
     with Progress(len(usable), "import", unit="sample", enabled=progress) as bar:
-        if workers <= 1 or len(jobs) == 1:
+        if workers <= 1 or len(jobs) <= 1:
             for split, job in jobs:
                 done.append((split, _write_shard(source, job, on_sample=lambda: bar.update(1))))
         else:

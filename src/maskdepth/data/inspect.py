@@ -39,7 +39,17 @@ def pick_samples(ds, split: str, n: int, seed: int = 0) -> list[tuple[str, dict[
     pool = [(s, i) for s in sorted(take) for i in range(counts[s])]
     chosen = set(pool) if len(pool) <= n else set(rng.sample(pool, n))
     paths = ds.shards(split)
-    return [sample for s in sorted(take) for i, sample in enumerate(iter_shard(paths[s])) if (s, i) in chosen]
+    picked = []
+    for s in sorted(take):
+        read = 0
+        for i, sample in enumerate(iter_shard(paths[s])):
+            read += 1
+            if (s, i) in chosen:
+                picked.append(sample)
+        if read != counts[s]:  # a short shard is reported, as the loader does, not shown partly
+            raise UserError(f"{paths[s]}: holds {read} samples, the dataset's metadata says {counts[s]}; delete "
+                            "the shard and rerun the command that made the dataset")
+    return picked
 
 
 def decode_sample(ds, sample: dict[str, bytes]) -> dict[str, np.ndarray]:

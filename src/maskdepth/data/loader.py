@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maskdepth.data.augment import AugmentConfig, as_hw, augment_batch, empty_batch, resize_batch
-from maskdepth.data.shards import DatasetDir, background_files, iter_shard
+from maskdepth.data.shards import DatasetDir, background_files, count_shard_samples, iter_shard
 from maskdepth.errors import UserError
 
 if TYPE_CHECKING:
@@ -57,21 +56,8 @@ def _stamp(p: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=8192)
 def _count_samples(path: str, size: int, mtime_ns: int) -> int:
-    """Distinct consecutive keys in a shard, reading only the tar headers (size/mtime key the cache)."""
-    n, last, end = 0, None, 0
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                key = os.path.basename(info.name).partition(".")[0]
-                if info.isfile() and key != last:
-                    n, last = n + 1, key
-                end = info.offset_data + -(-info.size // 512) * 512
-        if end + 1024 > size:  # a complete tar ends with two zero blocks after its last member
-            raise tarfile.ReadError(f"no end-of-archive after byte {end}")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{path}: truncated or not a tar shard ({e}); delete it and rerun the command that made "
-                        "the dataset") from None
-    return n
+    """count_shard_samples, cached by (path, size, mtime)."""
+    return count_shard_samples(path)
 
 
 def consumer_parts(counts: list[int], order: list[int], consumers: int) -> list[list[Part]]:
@@ -167,10 +153,15 @@ class ShardStream(IterableDataset):
 
     def _samples(self, consumer: int) -> Iterator[tuple[str, str, dict]]:
         for shard, stride, offset in self.parts[consumer]:
-            path = self.paths[shard]
+            path, read = self.paths[shard], 0
             for i, (key, sample) in enumerate(iter_shard(path)):
+                read += 1
                 if i % stride == offset:
                     yield path, key, sample
+            if read != self.counts[shard]:  # a short shard would shift every later batch: never skip it silently
+                raise UserError(f"{path}: holds {read} samples, the dataset's metadata says "
+                                f"{self.counts[shard]}; delete the shard and rerun the command that made the "
+                                "dataset")
 
     def _batches(self, worker: int) -> Iterator[dict]:
         consumer = self.rank * self.workers + worker

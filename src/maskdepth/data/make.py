@@ -21,7 +21,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,13 +45,14 @@ from maskdepth.data.banks import (
 )
 from maskdepth.data.compose import ComposeConfig, Placement, composite, placement_windows, sample_placements
 from maskdepth.data.rooms import MAX_DEPTH_M
+from maskdepth.data.shards import TEACHER_CACHE
 from maskdepth.errors import UserError
+from maskdepth.fileio import folder_lock, prepare_output_dir, remove_owned, remove_stale_temps
 
 GENERATOR_NAME = "maskdepth.data.make"
 DEPTH_SCALE = 0.001  # depth PNGs in millimetres
 RELATIVE_DEPTH_SCALE = 1 / 65535  # relative depth (a teacher's, in (0, 1]) uses the whole 16-bit range
 TEACHER_MODES = ("per-background", "per-composite")
-TEACHER_CACHE = "teacher-cache"  # default cache folder of teacher results inside the dataset folder
 JPEG_QUALITY = 92
 CHUNK = 64  # samples composited together on the CPU
 SPLITS = ("train", "test")
@@ -323,10 +323,8 @@ def build_shard(plan: Plan, index: int) -> int:
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Remove temporary files an interrupted write of `path` left (fileio.atomic_path names them .NAME.*.tmp)."""
-    if path.parent.is_dir():
-        for t in path.parent.glob(f".{path.name}.*.tmp"):
-            t.unlink(missing_ok=True)
+    """Remove what an interrupted write of `path` left (make holds the folder's lock: no other writer)."""
+    remove_stale_temps(path.parent, path.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,21 +470,24 @@ def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = N
     A depth teacher caches its results in `teacher_cache` (default OUT/teacher-cache) and runs on
     `teacher_device`. Returns a summary: shards and samples written, shards already complete, pictures the
     teacher computed (cache misses), the metadata."""
-    from maskdepth.data.shards import METADATA, read_metadata, write_metadata
-    from maskdepth.fileio import prepare_output_dir
-    from maskdepth.progress import Progress
+    from maskdepth.data.shards import DATASET_OUTPUT, MAKE_LOCK
 
     cfg.check()
     out = Path(out)
+    # a folder of our own is resumed; anything else non-empty is refused, --force or not
+    prepare_output_dir(out, DATASET_OUTPUT, resume=True, inputs=[cfg.bg_dir, cfg.fg_dir, cfg.teacher])
+    with folder_lock(out / MAKE_LOCK, "`maskdepth data make`"):
+        if force:  # our own earlier dataset's files are replaced; the teacher cache (by content) stays
+            remove_owned(out, DATASET_OUTPUT, keep=(MAKE_LOCK,))
+        return _make_locked(out, cfg, shards, workers, progress, teacher_cache, teacher_device)
+
+
+def _make_locked(out: Path, cfg: MakeConfig, shards: str | None, workers: int, progress: bool,
+                 teacher_cache: str | os.PathLike | None, teacher_device: str) -> dict[str, Any]:
+    from maskdepth.data.shards import METADATA, read_metadata, write_metadata
+    from maskdepth.progress import Progress
+
     cache = Path(teacher_cache) if teacher_cache is not None else out / TEACHER_CACHE
-    # a run stopped after the teacher cached some results but before metadata.json: still our folder
-    only_cache = out.is_dir() and [p.name for p in out.iterdir()] == [TEACHER_CACHE]
-    prepare_output_dir(out, force, owned_by=TEACHER_CACHE if only_cache else METADATA, what="dataset")
-    if force:  # replace our own earlier dataset too (prepare_output_dir keeps a folder it recognises)
-        for p in out.iterdir():
-            if p.name == TEACHER_CACHE:
-                continue  # results by content hash are never stale: keep them
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     workers = max(1, int(workers))
     # fork: workers start at once with everything imported (make never touches CUDA, which fork would upset)
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")

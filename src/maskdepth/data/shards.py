@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -21,9 +22,16 @@ from typing import Any
 import numpy as np
 
 from maskdepth.errors import UserError
-from maskdepth.fileio import atomic_path, atomic_write_text
+from maskdepth.fileio import OutputKind, atomic_path, atomic_write_text
 
 METADATA = "metadata.json"
+TEACHER_CACHE = "teacher-cache"  # default cache folder of teacher results inside the dataset folder
+MAKE_LOCK = ".make.lock"  # held by a running `data make`
+# what `data make` and `data import` write; a folder holding only the teacher cache is a make stopped early.
+# The cache is never removed by --force: its results are keyed by content and never stale.
+DATASET_OUTPUT = OutputKind("dataset", markers=(METADATA, TEACHER_CACHE), owned=(
+    METADATA, "skipped.json", "import_report.json", MAKE_LOCK, "backgrounds/bg-*.png", "cutouts/fg-*.png",
+    "shards/*.tar"))
 FORMAT = "maskdepth-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -68,10 +76,9 @@ def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, Sample]]) 
 def iter_shard(path: str | os.PathLike, required: Iterable[str] = SAMPLE_MEMBERS) -> Iterator[tuple[str, Sample]]:
     """Stream (key, {ext: bytes}) samples from a tar shard; members of a sample are consecutive.
 
-    The file is read whole (a shard is tens of MB) and its 512-byte headers parsed directly: about ten times
-    faster than tarfile's stream reader, and every header's checksum and the end-of-archive blocks are checked,
-    so a file cut anywhere, even between two members, is reported. A truncated file, a file that is not a tar,
-    or a sample missing a required member raises UserError naming the shard and what to do.
+    The file is read whole (a shard is tens of MB) and its 512-byte headers parsed directly (`tar_members`):
+    about ten times faster than tarfile's stream reader, and stricter. A truncated file, a file that is not a
+    tar, or a sample missing a required member raises UserError naming the shard and what to do.
     """
     path = Path(path)
     required = tuple(required)
@@ -82,42 +89,9 @@ def iter_shard(path: str | os.PathLike, required: Iterable[str] = SAMPLE_MEMBERS
                         "made it") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read shard ({e}); check the file") from None
-
-    def broken(why: str) -> UserError:
-        return UserError(f"{path}: truncated or not a tar shard ({why}); delete it and rerun the command that "
-                         "made the dataset (complete shards are kept)")
-
     key: str | None = None
     sample: Sample = {}
-    long_name: str | None = None
-    off, n = 0, len(data)
-    while True:
-        if off + BLOCK > n:
-            raise broken("ends without the end-of-archive blocks")
-        header = data[off:off + BLOCK]
-        if header == ZERO_BLOCK:
-            break
-        if _checksum(header) != _octal(header[148:156]):
-            raise broken(f"bad header checksum at byte {off}")
-        size = _octal(header[124:136])
-        kind = header[156:157]
-        start = off + BLOCK
-        off = start + -(-size // BLOCK) * BLOCK
-        if start + size > n:
-            raise broken("a member is cut short")
-        if kind == b"L":  # GNU long name: the next member's name
-            long_name = data[start:start + size].rstrip(b"\0").decode("utf-8", "replace")
-            continue
-        if kind not in (b"0", b"\0", b"7"):
-            long_name = None
-            continue  # folders, links, pax headers: not sample members
-        name = long_name or header[:100].rstrip(b"\0").decode("utf-8", "replace")
-        long_name = None
-        base = os.path.basename(name)
-        k, dot, ext = base.partition(".")
-        if not dot:
-            raise UserError(f"{path}: member '{name}' has no extension; this is not a maskdepth "
-                            "shard: remove it from the dataset's shards/ folder")
+    for k, ext, start, size in tar_members(path, data):
         if k != key:
             if key is not None:
                 yield _complete(path, key, sample, required)
@@ -127,16 +101,95 @@ def iter_shard(path: str | os.PathLike, required: Iterable[str] = SAMPLE_MEMBERS
         yield _complete(path, key, sample, required)
 
 
+def count_shard_samples(path: str | os.PathLike) -> int:
+    """Samples in a shard (distinct consecutive keys), reading only its headers (the file is memory-mapped)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                data: Any = b""
+            else:
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read shard ({e}); check the file") from None
+    try:
+        n, last = 0, None
+        for key, _, _, _ in tar_members(path, data):
+            if key != last:
+                n, last = n + 1, key
+        return n
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
+# member types: regular file ("0", old "\0", contiguous "7") and the GNU long name of the next member ("L");
+# write_shard writes nothing else, so anything else (links, devices, folders, pax headers) is refused
+_FILE_TYPES = (b"0", b"\0", b"7")
+_LONG_NAME = b"L"
+MAX_NAME = 4096  # a GNU long name longer than this is not one of ours
+
+
+def tar_members(path: Path, data: bytes | mmap.mmap) -> Iterator[tuple[str, str, int, int]]:
+    """(key, extension, data offset, size) of each file member of the tar `data`, with every header checked.
+
+    Each header's checksum must match; sizes must be plain octal, not negative and within the file; member types
+    other than regular files and GNU long names are refused; the archive must end with its end-of-archive blocks
+    and nothing but zeros after them (a shard whose first blocks were zeroed would otherwise read as empty). Every
+    member moves the offset forward, so a crafted header can never make the reader loop.
+    """
+
+    def broken(why: str) -> UserError:
+        return UserError(f"{path}: truncated or not a tar shard ({why}); delete it and rerun the command that "
+                         "made the dataset (complete shards are kept)")
+
+    long_name: str | None = None
+    off, n = 0, len(data)
+    while True:
+        if off + BLOCK > n:
+            raise broken("ends without the end-of-archive blocks")
+        header = data[off:off + BLOCK]
+        if header == ZERO_BLOCK:
+            if data[off:n].count(0) != n - off:
+                raise broken(f"data after the end-of-archive block at byte {off}")
+            return
+        if _checksum(header) != _octal(header[148:156]):
+            raise broken(f"bad header checksum at byte {off}")
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        start = off + BLOCK
+        if size < 0:
+            raise broken(f"member size field at byte {off + 124} is not a size")
+        if start + size > n:
+            raise broken(f"a member at byte {off} is cut short or claims {size:,} bytes")
+        off = start + -(-size // BLOCK) * BLOCK  # always > the previous offset
+        if kind == _LONG_NAME:
+            if size > MAX_NAME:
+                raise broken(f"a long member name of {size:,} bytes at byte {start - BLOCK}")
+            long_name = bytes(data[start:start + size]).rstrip(b"\0").decode("utf-8", "replace")
+            continue
+        if kind not in _FILE_TYPES:
+            raise UserError(f"{path}: member of tar type {kind!r} at byte {start - BLOCK}; a maskdepth shard holds "
+                            "only regular files: delete the shard and rerun the command that made the dataset")
+        name = long_name or bytes(header[:100]).rstrip(b"\0").decode("utf-8", "replace")
+        long_name = None
+        k, dot, ext = os.path.basename(name).partition(".")
+        if not dot:
+            raise UserError(f"{path}: member '{name}' has no extension; this is not a maskdepth "
+                            "shard: remove it from the dataset's shards/ folder")
+        yield k, ext, start, size
 
 
 def _octal(field: bytes) -> int:
-    text = field.rstrip(b"\0 ").strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
+    """A tar number field: octal digits padded with NUL or space; anything else (signs, base-256) is -1."""
+    text = bytes(field).rstrip(b"\0 ").strip(b" ")
+    if not text:
+        return 0
+    if text.strip(b"01234567"):
         return -1
+    return int(text, 8)
 
 
 def _checksum(header: bytes) -> int:
@@ -165,14 +218,75 @@ def read_metadata(root: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{p}: missing; {root} is not a maskdepth dataset: make one with `maskdepth data make` "
                         "or `maskdepth data import`")
     try:
-        meta = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: corrupt metadata ({e}); rebuild the dataset") from None
+        if p.stat().st_size > MAX_METADATA_BYTES:
+            raise UserError(f"{p}: {p.stat().st_size:,} bytes, more than a dataset's metadata can be; rebuild the "
+                            "dataset")
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{p}: corrupt metadata ({str(e)[:80]}); rebuild the dataset") from None
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror or e}); check the file") from None
+    return check_metadata(meta, p)
+
+
+MAX_METADATA_BYTES = 64 << 20
+MAX_SIDE = 16384
+MAX_SHARDS = 100_000  # per split
+MAX_SHARD_SAMPLES = 1_000_000
+MAX_SAMPLES = MAX_SHARDS * 1000
+MAX_ASSETS = 1_000_000  # backgrounds, cutouts
+
+
+def check_metadata(meta: Any, path: Any = METADATA) -> dict[str, Any]:
+    """`meta` with every value this package uses checked for type and range (UserError naming the key)."""
+    from maskdepth.fileio import MAX_IMAGE_PIXELS
+    from maskdepth.schema import Reader
+
+    r = Reader(path, "rebuild the dataset (`maskdepth data make` or `data import`)")
+    meta = r.root(meta)
     if meta.get("format") != FORMAT:
-        raise UserError(f"{p}: not a maskdepth dataset metadata file (format={meta.get('format')!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{p}: dataset format {meta['format_version']} is newer than this maskdepth reads "
+        raise UserError(f"{path}: not a maskdepth dataset metadata file (format={str(meta.get('format'))[:40]!r})")
+    version = r.int(meta, "format_version", 0, 10 ** 6, default=FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path}: dataset format {version} is newer than this maskdepth reads "
                         f"({FORMAT_VERSION}); upgrade maskdepth")
+    h, w = r.pair(meta, "size", 1, MAX_SIDE)
+    if h * w > MAX_IMAGE_PIXELS:
+        raise r.fail("size", f"{w}x{h} is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit")
+    depth = r.obj(meta, "depth")
+    r.str(depth, "unit", "depth.unit", max_len=32)
+    r.positive(depth, "scale", 1e6, "depth.scale")
+    r.positive(depth, "max", 1e9, "depth.max")
+    counts = r.obj(meta, "counts")
+    for split in SPLITS:
+        r.int(counts, split, 0, MAX_SAMPLES, f"counts.{split}", default=0)
+    r.int(counts, "backgrounds", 0, MAX_ASSETS, "counts.backgrounds", default=0)
+    shards = r.obj(meta, "shards")
+    known = r.obj(meta, "shard_counts", default={})
+    for split in SPLITS:
+        names = r.list(shards, split, MAX_SHARDS, f"shards.{split}", default=[])
+        for i, name in enumerate(names):
+            if name != shard_name(split, i):
+                raise r.fail(f"shards.{split}[{i}]", f"is {str(name)[:40]!r}, not {shard_name(split, i)}")
+        if split in known:
+            per = r.list(known, split, MAX_SHARDS, f"shard_counts.{split}")
+            for i in range(len(per)):
+                r.int(per, i, 0, MAX_SHARD_SAMPLES, f"shard_counts.{split}[{i}]")
+            if len(per) == len(names) and sum(per) != counts.get(split, 0):
+                raise r.fail(f"shard_counts.{split}", f"adds up to {sum(per):,}, counts.{split} says "
+                             f"{counts.get(split, 0):,}")
+    for key, field in (("backgrounds", "focal_px"), ("cutouts", "height_m")):
+        entries = r.list(meta, key, MAX_ASSETS, default=[])
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise r.fail(f"{key}[{i}]", "is not an object")
+            r.positive(e, field, 1e9, f"{key}[{i}].{field}", default=1.0)
+    if "cutout_size" in meta:
+        r.int(meta, "cutout_size", 1, MAX_SIDE)
+    split_info = r.obj(meta, "split", default={})
+    tests = r.list(split_info, "test_backgrounds", MAX_ASSETS, "split.test_backgrounds", default=[])
+    for i in range(len(tests)):
+        r.int(tests, i, 0, MAX_ASSETS, f"split.test_backgrounds[{i}]")
     return meta
 
 
@@ -220,7 +334,7 @@ class DatasetDir:
         return paths
 
     def num_samples(self, split: str) -> int:
-        return int(self.meta["counts"][split])
+        return int(self.meta["counts"].get(split, 0))
 
     def background_ids(self) -> list[int]:
         return list(range(int(self.meta["counts"]["backgrounds"])))
@@ -241,8 +355,11 @@ class DatasetDir:
             except FileNotFoundError as e:
                 raise UserError(f"{e.filename}: background file missing; the dataset is incomplete: rerun the "
                                 "command that made it") from None
-            except OSError as e:
+            except (OSError, ValueError, SyntaxError) as e:
                 raise UserError(f"{rgb_p}: unreadable background ({e}); rebuild the dataset") from None
+            if rgb.shape[:2] != self.size or depth.shape != self.size:
+                raise UserError(f"{rgb_p}: background is not the dataset's {self.size[1]}x{self.size[0]}; rebuild "
+                                "the dataset")
             self._bg_cache[bg_id] = (rgb, depth)
         return self._bg_cache[bg_id]
 

@@ -119,12 +119,10 @@ def build_model(config: Config, depth_max: float, data_unit: str = "metres") -> 
     init = config.model.init
     if not init:
         return create_model(config.model.name, **{**config.model.kwargs, "depth_max": depth_max}), "random"
-    from maskdepth.checkpoint import read_checkpoint
+    from maskdepth.checkpoint import build_for_state, read_checkpoint
 
     path = _default_weights() if init == "default" else Path(init)
     state, header = read_checkpoint(path)
-    if "model" not in header:
-        raise UserError(f"{path}: header names no model; it was not written by maskdepth")
     kwargs = {**header.get("model_kwargs", {}), **config.model.kwargs}
     same_unit = (header.get("depth") or {}).get("unit") == data_unit
     if not same_unit or "depth_max" not in kwargs:
@@ -142,12 +140,7 @@ def build_model(config: Config, depth_max: float, data_unit: str = "metres") -> 
         print(f"note: {config.model.name} from {path} ({header['model']}): {counts['copied']} tensors copied, "
               f"{counts['widened']} widened, {counts['fresh']} fresh", file=sys.stderr)
         return model, str(path)
-    model = create_model(header["model"], **kwargs)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit model '{header['model']}' with the given [model] kwargs "
-                        f"({str(e).splitlines()[0]})") from None
+    model = build_for_state(path, header["model"], kwargs, state, hint="check the [model] kwargs given")
     return model, str(path)
 
 
@@ -249,17 +242,17 @@ class _Trainer:
         self.last_eval: dict[str, Any] = {}
         state = rundir.load_state(out) if resume else None
         if state is None:
-            rundir.check_new(out, force)  # on every rank, before any rank writes
+            rundir.check_new(out, force, self._inputs())  # on every rank, before any rank writes
             self._barrier()
         if place.main:
             if state is not None:
-                rundir.truncate_metrics(out, state["step"])
+                rundir.clean_for_resume(out, state["step"])
             else:
                 rundir.create(out, config, argv, force, {
                     "device": str(place.device), "world_size": place.world_size, "init": self.init_from,
                     "data": self.data.describe, "model": self.model_name,
                     "params": sum(p.numel() for p in model.parameters()),
-                })
+                }, self._inputs())
         self._barrier()
         if state is not None:
             self._load_state(state)
@@ -508,6 +501,11 @@ class _Trainer:
         if self.place.main:
             print(f"resuming {self.out} at step {self.step} (epoch {self.epoch + 1}, batch "
                   f"{self.batch_in_epoch})", file=sys.stderr)
+
+    def _inputs(self) -> list[str | None]:
+        """What the run reads, which --force must never remove: the dataset and the initial weights."""
+        init = self.config.model.init
+        return [self.config.data.dir or None, init if init not in ("", "default") else None]
 
     def _barrier(self) -> None:
         if self.place.distributed:

@@ -12,11 +12,11 @@ RUN/
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +27,14 @@ import torch
 
 from maskdepth import __version__
 from maskdepth.errors import UserError
-from maskdepth.fileio import atomic_path, atomic_write_text, prepare_output_dir
+from maskdepth.fileio import (
+    OutputKind,
+    atomic_path,
+    atomic_write_text,
+    prepare_output_dir,
+    remove_stale_temps,
+    write_error,
+)
 from maskdepth.train.config import Config, load_config, to_toml
 
 MARKER = "run.json"
@@ -36,35 +43,43 @@ METRICS = "metrics.jsonl"
 STATE = "state.pt"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
+CURVES = "curves.png"  # `maskdepth plot`'s default output
+RUN_OUTPUT = OutputKind("run folder", markers=(MARKER,), owned=(
+    MARKER, CONFIG, METRICS, STATE, LAST, BEST, CURVES, "tb/events.out.tfevents.*", "samples/epoch-*.png"))
 
 
 def is_run(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def check_new(path: str | Path, force: bool) -> None:
+def check_new(path: str | Path, force: bool, inputs: list[str | Path | None] = ()) -> None:
     """Refuse to start a run in an existing run (suggesting --resume) or in a non-empty folder that is not a
-    run, unless `force`. Changes nothing, so every rank can ask before one of them creates the folder."""
+    run, or where it would lie over one of its `inputs` (fileio.prepare_output_dir). Changes nothing, so every
+    rank can ask before one of them creates the folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: is a file, not a folder; choose another --out path")
-    if force or not path.is_dir():
+    out = path.resolve()
+    for i in inputs:
+        if i is not None and (Path(i).resolve() == out or out in Path(i).resolve().parents):
+            raise UserError(f"{i}: an input of this run lies inside --out {path}; choose a run folder that does not "
+                            "hold the run's data or weights")
+    if not path.is_dir() or (force and is_run(path)):
         return
     if is_run(path):
         raise UserError(f"{path}: already holds a training run; continue it with --resume {path}, "
                         "or pass --force to start over in it")
-    if any(path.iterdir()):
+    if any(path.iterdir()) and not RUN_OUTPUT.is_own(path):
         raise UserError(f"{path}: folder is not empty and is not a maskdepth run; choose an empty or new "
-                        "folder, or pass --force to replace its contents")
+                        "folder (--force never removes files maskdepth did not write)")
 
 
-def create(path: str | Path, config: Config, argv: list[str], force: bool, extra: dict[str, Any]) -> Path:
-    """Start a new run folder (after `check_new`); with `force` whatever was there is removed first."""
+def create(path: str | Path, config: Config, argv: list[str], force: bool, extra: dict[str, Any],
+           inputs: list[str | Path | None] = ()) -> Path:
+    """Start a new run folder (after `check_new`); with `force` the files of an earlier run there are removed."""
     path = Path(path)
-    check_new(path, force)
-    if is_run(path):
-        shutil.rmtree(path)
-    prepare_output_dir(path, force, owned_by=MARKER, what="run folder")
+    check_new(path, force, inputs)
+    prepare_output_dir(path, RUN_OUTPUT, force=True, inputs=inputs)
     info = {
         "format": "maskdepth-run",
         "argv": argv,
@@ -91,8 +106,11 @@ def open_existing(path: str | Path) -> Config:
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_plain(record), sort_keys=True) + "\n")
+    try:
+        with open(path / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_plain(record), sort_keys=True) + "\n")
+    except OSError as e:
+        raise write_error(path / METRICS, e) from None
 
 
 def _plain(x: Any) -> Any:
@@ -107,24 +125,40 @@ def _plain(x: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of RUN/metrics.jsonl (a torn last line from a crash is ignored)."""
+    """The records of RUN/metrics.jsonl that are JSON objects with a numeric step (a torn last line from a crash,
+    or a damaged line, is passed over)."""
     p = Path(path) / METRICS
     if not p.is_file():
         raise UserError(f"{p}: not found; give the folder of a `maskdepth train` run")
+    try:
+        text = p.read_bytes().decode("utf-8", "replace")
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror or e}); check the file") from None
     records = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            r = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        step = r.get("step") if isinstance(r, dict) else None
+        if isinstance(step, int | float) and not isinstance(step, bool) and math.isfinite(step):
+            records.append(r)
     return records
 
 
+def clean_for_resume(path: Path, step: int) -> None:
+    """Before --resume continues: drop metrics logged after `step` and the hidden temporary files of writes a
+    kill interrupted (a checkpoint's can be megabytes)."""
+    truncate_metrics(path, step)
+    for folder in (path, path / "samples"):
+        remove_stale_temps(folder)
+
+
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after `step` (work lost in a crash and done again after --resume)."""
+    """Drop records logged after `step` (work lost in a crash and done again after --resume), and damaged ones."""
     p = path / METRICS
     if p.is_file():
-        keep = [json.dumps(r, sort_keys=True) for r in read_metrics(path) if r.get("step", 0) <= step]
+        keep = [json.dumps(r, sort_keys=True) for r in read_metrics(path) if r["step"] <= step]
         atomic_write_text(p, "".join(line + "\n" for line in keep))
 
 
@@ -156,8 +190,12 @@ def _tuples(x: Any) -> Any:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
+    # serialised in memory first: torch.save onto a full disk fails with an opaque RuntimeError, a plain write
+    # with OSError, which atomic_path turns into one line naming the file
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path / STATE) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load_state(path: Path) -> dict[str, Any]:
