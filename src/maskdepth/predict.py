@@ -340,15 +340,31 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+def encode_prediction(pred: Prediction, image: np.ndarray, depth: DepthInfo) -> dict[str, bytes]:
+    """One prediction's pictures as `maskdepth predict` writes them and `maskdepth serve` sends them: mask.png (the
+    binary mask: 255 where mask_prob >= threshold, else 0), mask_prob.png (8-bit probability), depth.png (16-bit,
+    depth = value * depth.scale), depth_color.png (this picture's own depth range) and overlay.png (the binary
+    mask on the image)."""
+    from maskdepth.codecs import encode_depth_png, encode_png
+    from maskdepth.viz import colorize_depth, overlay
+
+    mask = pred.mask.astype(np.uint8) * 255
+    return {
+        "mask.png": encode_png(mask),
+        "mask_prob.png": encode_png((pred.mask_prob * 255.0 + 0.5).astype(np.uint8)),
+        # at least one step: PNG value 0 means 'unknown depth', and every predicted depth is known
+        "depth.png": encode_depth_png(np.maximum(pred.depth, depth.scale), depth.scale),
+        # colours span this picture's own depth range, so near and far read well in any unit
+        "depth_color.png": encode_png(colorize_depth(pred.depth)),
+        "overlay.png": encode_png(overlay(image, mask, OVERLAY_COLOR)),
+    }
+
+
 def save_prediction(pred: Prediction, image: np.ndarray, folder: Path, depth: DepthInfo,
                     force: bool = False) -> None:
-    """Write mask.png (the binary mask: 255 where mask_prob >= threshold, else 0), mask_prob.png (8-bit
-    probability), depth.png (16-bit, depth = value * scale) with depth.json (unit, scale), depth_color.png and
-    overlay.png (the binary mask) into `folder`, each atomically; overlay.png is written last, so a folder that
-    has it is complete."""
-    from maskdepth.codecs import encode_depth_png, encode_png
+    """Write encode_prediction's pictures and depth.json (unit, scale) into `folder`, each atomically; overlay.png
+    is written last, so a folder that has it is complete."""
     from maskdepth.fileio import atomic_write_bytes, atomic_write_text, write_error
-    from maskdepth.viz import colorize_depth, overlay
 
     if not force:
         _refuse_existing([folder])
@@ -356,17 +372,14 @@ def save_prediction(pred: Prediction, image: np.ndarray, folder: Path, depth: De
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_error(folder, e) from None
-    mask = pred.mask.astype(np.uint8) * 255
-    atomic_write_bytes(folder / "mask.png", encode_png(mask))
-    atomic_write_bytes(folder / "mask_prob.png", encode_png((pred.mask_prob * 255.0 + 0.5).astype(np.uint8)))
-    # at least one step: PNG value 0 means 'unknown depth', and every predicted depth is known
-    atomic_write_bytes(folder / "depth.png", encode_depth_png(np.maximum(pred.depth, depth.scale), depth.scale))
+    pictures = encode_prediction(pred, image, depth)
+    last = pictures.pop("overlay.png")
+    for name, data in pictures.items():
+        atomic_write_bytes(folder / name, data)
     atomic_write_text(folder / "depth.json", json.dumps(
         {"file": "depth.png", "unit": depth.unit, "scale": depth.scale, "max": depth.max,
          "meaning": "depth = PNG value * scale, in unit"}, indent=2) + "\n")
-    # colours span this picture's own depth range, so near and far read well in any unit
-    atomic_write_bytes(folder / "depth_color.png", encode_png(colorize_depth(pred.depth)))
-    atomic_write_bytes(folder / "overlay.png", encode_png(overlay(image, mask, OVERLAY_COLOR)))
+    atomic_write_bytes(folder / "overlay.png", last)
 
 
 def _refuse_existing(folders: list[Path]) -> None:

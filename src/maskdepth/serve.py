@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from maskdepth.codecs import encode_depth_png, encode_png, to_rgb_uint8
+from maskdepth.codecs import encode_png, to_rgb_uint8
 from maskdepth.errors import UserError
 from maskdepth.fileio import open_image_bytes
-from maskdepth.predict import OVERLAY_COLOR, Predictor
-from maskdepth.viz import TURBO_LUT, colorize_depth, overlay
+from maskdepth.predict import Predictor, encode_prediction
+from maskdepth.viz import TURBO_LUT
 
 MAX_UPLOAD_BYTES = 25 * 2**20  # a whole request: two camera frames as PNG fit many times over
 MAX_PIXELS = 4096 * 4096  # per picture; the model runs at its working size, but decoding and outputs do not
@@ -127,16 +127,14 @@ class App:
                                              layers=self.predictor.camera is not None)[0]
         model_ms = 1000 * (time.perf_counter() - start)
         depth = self.predictor.depth
-        lo, hi = float(pred.depth.min()), float(pred.depth.max())
+        pictures = encode_prediction(pred, image, depth)  # the very files `maskdepth predict` writes
         return {
             "width": image.shape[1], "height": image.shape[0], "work_size": list(pred.work_size),
-            "coverage": float(pred.mask.mean()), "depth_min": lo, "depth_max": hi, "depth_unit": depth.unit,
-            "model_ms": round(model_ms, 2),
-            "mask": _data_url(encode_png((pred.mask_prob * 255.0 + 0.5).astype(np.uint8))),
-            "overlay": _data_url(encode_png(overlay(image, pred.mask_prob, OVERLAY_COLOR))),
-            "depth_color": _data_url(encode_png(colorize_depth(pred.depth, lo, hi))),
-            # 16-bit as predict's depth.png: depth = value * scale (at least one step: 0 means unknown)
-            "depth": _data_url(encode_depth_png(np.maximum(pred.depth, depth.scale), depth.scale)),
+            "coverage": float(pred.mask.mean()), "depth_min": float(pred.depth.min()),
+            "depth_max": float(pred.depth.max()), "depth_unit": depth.unit, "model_ms": round(model_ms, 2),
+            "mask": _data_url(pictures["mask.png"]), "mask_prob": _data_url(pictures["mask_prob.png"]),
+            "overlay": _data_url(pictures["overlay.png"]), "depth_color": _data_url(pictures["depth_color.png"]),
+            "depth": _data_url(pictures["depth.png"]),  # 16-bit: depth = value * depth_scale
             "depth_scale": depth.scale,
         }
 
