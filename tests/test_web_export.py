@@ -66,13 +66,16 @@ def test_export_web_writes_a_self_contained_folder(ckpt, tmp_path, capsys):
     s = ort.InferenceSession(str(site / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((1, 3, 40, 56), dtype=np.float32)
     assert s.run(None, {"bg": x, "image": x})[0].shape == (1, 1, 40, 56)
-    # a folder that is not ours is refused without --force; our own is replaced
+    # a folder that is not ours is refused, --force or not; our own is replaced with --force only
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    assert main(["export", str(ckpt), "--web", str(other)]) == 2
+    for force in ([], ["--force"]):
+        assert main(["export", str(ckpt), "--web", str(other), *force]) == 2
     assert "not empty" in capsys.readouterr().err and (other / "notes.txt").exists()
-    assert main(["export", str(ckpt), "--web", str(site)]) == 0
+    assert main(["export", str(ckpt), "--web", str(site)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--web", str(site), "--force"]) == 0
 
 
 def test_export_onnx_still_needs_a_checkpoint(tmp_path, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from maskdepth.errors import UserError
 from maskdepth.export import export_onnx
-from maskdepth.fileio import atomic_write_text, prepare_output_dir
+from maskdepth.fileio import OutputKind, atomic_write_text, prepare_output_dir
 from maskdepth.predict import SIDE_MULTIPLE, Predictor
 from maskdepth.viz import TURBO_LUT
 
@@ -28,6 +28,8 @@ ORT_PACKAGE = "onnxruntime-web"
 ORT_BUNDLE = "ort.webgpu.bundle.min.mjs"  # WebGPU and WebAssembly execution providers, glue code inside
 ORT_WASM = "ort-wasm-simd-threaded.asyncify.wasm"  # the binary that bundle loads
 MARKER = ".maskdepth-web"
+WEB_OUTPUT = OutputKind("web folder", markers=(MARKER,), owned=(MARKER, "index.html", "page.css", "config.js", "ort.js",
+                                                                "ort-wasm.js", "model.js", "model.onnx"))
 PAGE = "web/camera.html"
 STYLE = "web/page.css"
 
@@ -71,7 +73,7 @@ def _b64_script(var: str, data: bytes) -> str:
 def export_web(predictor: Predictor, out: str | os.PathLike, force: bool = False) -> dict:
     """Write the static folder into `out` (refusing a folder that is not empty and not ours unless `force`)."""
     dist = ort_dist_dir()
-    out = prepare_output_dir(out, force, MARKER, what="web folder")
+    out = prepare_output_dir(out, WEB_OUTPUT, force=force)
     model = predictor.model.to("cpu").float()
     report = export_onnx(model, out / "model.onnx", predictor.header, check=True)
     config = {"model": predictor.model_name, "depth_unit": predictor.depth_unit,
