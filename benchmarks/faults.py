@@ -5,8 +5,9 @@ For `data make` (a tiny dataset in several shards, 1 and 2 workers) and for `tra
 reference once, then for each seeded moment starts the same command, kills its whole process group with SIGKILL
 and finishes it: `data make` is rerun as it was, `train` goes on with `--resume` (or, killed before its first
 state, starts again with `--force`, as its refusal says). Moments are delays drawn from a seeded RNG over the
-reference's duration, plus (for train) moments aimed inside a checkpoint write: the run folder is polled for the
-atomic writer's temp file and the process killed the moment the n-th one is seen.
+reference's duration, plus moments aimed inside a shard or checkpoint write: the output folder is polled for the
+atomic writer's temp file and the process killed the moment the n-th one is seen (retried from a clean folder
+when the poll missed them all).
 
 Checked: after each kill, before finishing, that last.safetensors (when present) loads with read_checkpoint and
 state.pt with load_state; at the end, the dataset's files byte for byte, and the final weights tensor for tensor
@@ -85,6 +86,19 @@ def _kill_at(argv: list[str], cwd: Path, delay: float | None, watch: Path | None
     return {"finished_first": False, "tmp_seen": seen, "at_s": round(time.monotonic() - t0, 3)}
 
 
+def _kill_in_write(argv: list[str], cwd: Path, watch: Path, nth: int, prefixes: tuple[str, ...] = (".",)) -> dict:
+    """_kill_at the nth temp file; when the poll saw too few before the command ended (a busy machine can hide a
+    short write), start again from a clean folder aiming at the first one (3 tries in all)."""
+    for tries in range(1, 4):
+        kill = _kill_at(argv, cwd, None, watch=watch, nth=nth if tries == 1 else 1, prefixes=prefixes)
+        if kill["tmp_seen"]:
+            break
+        for p in cwd.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
+    return {**kill, "tries": tries}
+
+
 def make_trials(work: Path, moments: int, aimed: int, seed: int) -> list[dict]:
     """`data make` killed at `moments` seeded delays and `aimed` moments inside shard writes (half of each with 1
     worker, half with 2), then rerun."""
@@ -105,7 +119,7 @@ def make_trials(work: Path, moments: int, aimed: int, seed: int) -> list[dict]:
             case = work / f"make-{workers}-{i}"
             case.mkdir()
             shards = case / "OUT" / "shards"
-            kill = _kill_at(argv, case, at) if kind == "delay" else _kill_at(argv, case, None, watch=shards, nth=at)
+            kill = _kill_at(argv, case, at) if kind == "delay" else _kill_in_write(argv, case, shards, at)
             rec = {"target": "data make", "workers": workers, "moment": kind, **kill,
                    "tmp_after_kill": temp_files(case / "OUT"),
                    "shards_before_rerun": len(list(shards.glob("*.tar"))) if shards.is_dir() else 0}
@@ -169,8 +183,7 @@ def train_trials(work: Path, moments: int, aimed: int, seed: int) -> list[dict]:
         case = work / f"train-{i}"
         case.mkdir()
         run = case / "RUN"
-        kill = (_kill_at(argv, case, at) if kind == "delay"
-                else _kill_at(argv, case, None, watch=run, nth=at, prefixes=CHECKPOINT_TEMPS))
+        kill = _kill_at(argv, case, at) if kind == "delay" else _kill_in_write(argv, case, run, at, CHECKPOINT_TEMPS)
         rec = {"target": "train", "moment": kind, **kill, "tmp_after_kill": temp_files(run),
                "loadable": _loadable(run) if run.is_dir() else {}}
         if is_run(run) and (run / STATE).is_file():
