@@ -280,11 +280,9 @@ def force_probes(world: World, base: Path) -> list[tuple[Case, Path]]:
 # ---------------------------------------------------------------------------------------------------- running
 
 
-def run_child(argv: list[str], cwd: Path, timeout: float) -> tuple[int | None, str, float, float]:
-    """(exit code or None if it hung, stderr, seconds, peak RSS in MiB) of `maskdepth argv` in a forked child
-    that has the package already imported."""
-    err_path = cwd / ".stderr"
-    t0 = time.monotonic()
+def start_child(argv: list[str], cwd: Path, err_path: Path) -> int:
+    """The pid of `maskdepth argv` running in a forked child (the package already imported) that leads its own
+    process group (so it can be killed with its loader workers) and writes its stderr to `err_path`."""
     pid = os.fork()
     if pid == 0:  # the child: its own process group, so a hang is killed with its loader workers
         code = 99
@@ -312,6 +310,15 @@ def run_child(argv: list[str], cwd: Path, timeout: float) -> tuple[int | None, s
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+    return pid
+
+
+def run_child(argv: list[str], cwd: Path, timeout: float) -> tuple[int | None, str, float, float]:
+    """(exit code or None if it hung, stderr, seconds, peak RSS in MiB) of `maskdepth argv` in a forked child
+    that has the package already imported."""
+    err_path = cwd / ".stderr"
+    t0 = time.monotonic()
+    pid = start_child(argv, cwd, err_path)
     deadline = t0 + timeout
     while True:
         wpid, status, usage = os.wait4(pid, os.WNOHANG)
