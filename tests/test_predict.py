@@ -78,21 +78,11 @@ def test_working_size_keeps_aspect_and_training_pixel_count():
 
 def test_size_and_native_choose_where_the_model_runs(ckpt):
     bg, image = scene(30, 90)
-    default = load_model(ckpt, "cpu").predict(bg, image)
-    assert default.work_size == (30, 90)  # the input's own resolution, not the training size (48x48)
-    check(default, 30, 90)
+    assert load_model(ckpt, "cpu").predict(bg, image).work_size == working_size(30, 90, (48, 48))
     assert load_model(ckpt, "cpu", size=96).predict(bg, image).work_size == working_size(30, 90, 96)
-    assert load_model(ckpt, "cpu", native=True).predict(bg, image).work_size == (30, 90)
-
-
-def test_default_working_size_is_capped_near_a_megapixel(ckpt):
-    from maskdepth.predict import MAX_WORK_PIXELS
-
-    predictor = load_model(ckpt, "cpu")
-    h, w = predictor.work_size(3000, 4000)
-    assert abs(h * w / MAX_WORK_PIXELS - 1) < 0.05 and abs(w / h - 4 / 3) < 0.02
-    assert predictor.work_size(720, 1280) == (720, 1280)
-    assert load_model(ckpt, "cpu", native=True).work_size(3000, 4000) == (3000, 4000)
+    native = load_model(ckpt, "cpu", native=True).predict(bg, image)
+    assert native.work_size == (30, 90)
+    check(native, 30, 90)
 
 
 def test_batched_lists_match_single_pairs(ckpt):

@@ -1,9 +1,8 @@
 """Using a trained model: `load_model(path).predict(bg, image)` and the seed-style `predict_images`.
 
-By default a pair runs at the input's own resolution, up to MAX_WORK_PIXELS (about one megapixel: a larger pair
-is resampled, aspect ratio kept, to about that many pixels); `size=S` runs at about S x S pixels instead (lower for
-speed), and `native=True` at the input's size whatever it is. Outputs come back at the input's size: the mask
-probability and the depth resampled bilinearly, the binary mask thresholded afterwards.
+The model was trained on frames of `train_size` pixels, so by default a pair is resampled (aspect ratio kept) to a
+working size of about that many pixels, run, and the outputs are resampled back to the input's size: the mask
+probability and the depth bilinearly, the binary mask thresholded afterwards. `native=True` runs at the input size.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from maskdepth.errors import UserError
 from maskdepth.layers import LAYER_FILES, add_layers, attach_camera, save_layers
 from maskdepth.progress import Progress
 
-# The default working size's cap: a pair of more pixels is resampled to about this many (1024 x 1024).
-MAX_WORK_PIXELS = 1024 * 1024
+# Working size for a checkpoint whose header does not say what size it was trained at.
+DEFAULT_TRAIN_SIZE = (192, 192)
 # Working sides are rounded to a multiple of this; the model pads to its own stride, and rounding to that (often
 # 32) would distort the aspect ratio at training sizes like 192.
 SIDE_MULTIPLE = 8
@@ -132,7 +131,7 @@ class Predictor:
         self.model_name: str = header.get("model", getattr(model, "model_name", type(model).__name__))
         self.depth = depth_info(header, float(getattr(model, "depth_max", header.get("depth_max", 1.0))))
         ts = header.get("train_size")
-        self.train_size: tuple[int, int] | None = (int(ts[0]), int(ts[1])) if ts else None
+        self.train_size: tuple[int, int] = (int(ts[0]), int(ts[1])) if ts else DEFAULT_TRAIN_SIZE
         self.size, self.native, self.threshold, self.batch_size = size, native, threshold, max(1, batch_size)
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
         # a camera profile (camera.json): depth in metres with its one scale, the static scene from the bg
@@ -144,11 +143,9 @@ class Predictor:
         return self.depth.unit
 
     def work_size(self, h: int, w: int) -> tuple[int, int]:
-        if self.size:
-            return working_size(h, w, self.size)
-        if self.native or h * w <= MAX_WORK_PIXELS:
+        if self.native:
             return h, w
-        return working_size(h, w, (1024, 1024))
+        return working_size(h, w, self.size or self.train_size)
 
     def predict(self, bg: ImageInput | list[ImageInput], image: ImageInput | list[ImageInput],
                 resize_bg: bool = False) -> Prediction | list[Prediction]:

@@ -23,9 +23,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--size", type=int, default=None,
-                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the input's own size "
-                            "up to about 1 megapixel)")
-    where.add_argument("--native", action="store_true", help="run at the input's own size, also above 1 megapixel")
+                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
+    where.add_argument("--native", action="store_true", help="run at the input's own size")
     p.add_argument("--resize-bg", action="store_true", help="resample a bg whose size differs from the image's")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="mask.png is on where the probability is at least this, in (0, 1) (default: 0.5)")
