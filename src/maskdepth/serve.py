@@ -70,8 +70,7 @@ class App:
 
     async def info(self, request: Request) -> JSONResponse:
         p = self.predictor
-        train_size = list(p.train_size) if p.train_size else None
-        return JSONResponse({"model": p.model_name, "depth_unit": p.depth_unit, "train_size": train_size,
+        return JSONResponse({"model": p.model_name, "depth_unit": p.depth_unit, "train_size": list(p.train_size),
                              "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
                              "served": self.served, "waiting": self.waiting})
 

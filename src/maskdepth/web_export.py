@@ -62,10 +62,6 @@ def classic_script(bundle: str) -> str:
             f".src)||location.href;\n{body}\nwindow.ort={{{','.join(names)}}};\n}})();\n")
 
 
-# The page's working size for a checkpoint that does not say what size it was trained at.
-WEB_WORK_SIZE = (192, 192)
-
-
 def _b64_script(var: str, data: bytes) -> str:
     return f"window.{var}=\"{base64.b64encode(data).decode('ascii')}\";\n"
 
@@ -77,7 +73,7 @@ def export_web(predictor: Predictor, out: str | os.PathLike, force: bool = False
     model = predictor.model.to("cpu").float()
     report = export_onnx(model, out / "model.onnx", predictor.header, check=True)
     config = {"model": predictor.model_name, "depth_unit": predictor.depth_unit,
-              "train_size": list(predictor.train_size or WEB_WORK_SIZE), "side_multiple": SIDE_MULTIPLE,
+              "train_size": list(predictor.train_size), "side_multiple": SIDE_MULTIPLE,
               "turbo": TURBO_LUT.reshape(-1).tolist()}
     atomic_write_text(out / "config.js", f"window.MASKDEPTH_CONFIG={json.dumps(config)};\n")
     atomic_write_text(out / "ort.js", classic_script((dist / ORT_BUNDLE).read_text(encoding="utf-8")))
