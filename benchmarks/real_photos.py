@@ -68,6 +68,14 @@ def make_pairs_dataset(bg_dir: Path, fg_dir: Path, work: Path, *, size: int, bac
     return data
 
 
+def _shown(folder: Path) -> str:
+    """The folder as the report shows it: the real-photo set relative to the repository, others as given."""
+    try:
+        return "../" + str(folder.resolve().relative_to(REALSET.parents[2].resolve()))
+    except ValueError:
+        return str(folder)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bg-dir", type=Path, default=REALSET / "bg", help="background photos (default: %(default)s)")
@@ -113,7 +121,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "maskdepth": __version__, "ckpt": args.ckpt or "default weights",
         "model": predictor.model_name, "work_size": list(predictor.work_size(h, w)),
-        "data": {"bg_dir": str(args.bg_dir), "fg_dir": str(args.fg_dir), "backgrounds": args.backgrounds,
+        "data": {"bg_dir": _shown(args.bg_dir), "fg_dir": _shown(args.fg_dir), "backgrounds": args.backgrounds,
                  "cutouts": args.cutouts, "size": args.data_size, "fg_scale": args.fg_scale, "seed": args.seed,
                  "samples": len(pairs)},
         "seconds": round(time.perf_counter() - t0, 1), "conditions": results,
