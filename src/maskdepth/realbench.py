@@ -139,23 +139,22 @@ def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0,
                     batch_size: int = 16) -> dict:
     """The model (a predict.Predictor, run with its own settings) and the differencing baseline on `pairs` under
     `condition`: {"model": metrics, "baseline": metrics + threshold, "margin": model - baseline IoU}."""
-    model, diffs, bgs, images = MaskScore(), [], [], []
+    model, diffs, pending = MaskScore(), [], []
     masks = [p.mask for p in pairs]
 
-    def flush(lo: int) -> None:
-        for pred, m in zip(predictor.predict_arrays(bgs, images, layers=False), masks[lo:lo + len(images)]):
-            model.add(pred.mask_prob, m)
-        bgs.clear()
-        images.clear()
+    def flush() -> None:
+        preds = predictor.predict_arrays([b for b, _, _ in pending], [i for _, i, _ in pending], layers=False)
+        for pred, (_, _, mask) in zip(preds, pending):
+            model.add(pred.mask_prob, mask)
+        pending.clear()
 
-    for i, (bg, image) in enumerate(conditioned_pairs(pairs, condition, seed)):
+    for pair, (bg, image) in zip(pairs, conditioned_pairs(pairs, condition, seed)):
         diffs.append(difference_score(bg, image))
-        bgs.append(bg)
-        images.append(image)
-        if len(images) == batch_size:
-            flush(i + 1 - batch_size)
-    if images:
-        flush(len(pairs) - len(images))
+        pending.append((bg, image, pair.mask))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
     t = best_threshold(diffs, masks)
     baseline = MaskScore()
     for s, m in zip(diffs, masks):
