@@ -68,19 +68,22 @@ def real_pairs(args, work: Path) -> list:
     return load_pairs(data, limit=args.real_pairs)
 
 
-def sample_rate(name: str, size: int, batch_size: int, device: torch.device) -> float:
-    """Training samples per second of model `name` (forward, backward, AdamW): the faster of two steps after a
-    warm-up step (the faster, since other work on the machine only ever slows a step down)."""
+def sample_rate(name: str, size: int, batch_size: int, device: torch.device, kwargs: dict | None = None,
+                amp: bool = False) -> float:
+    """Training samples per second of model `name` (with builder `kwargs`; forward under bf16 autocast on CUDA
+    with `amp`, backward, AdamW): the faster of two steps after a warm-up step (the faster, since other work on
+    the machine only ever slows a step down)."""
     from maskdepth.models import create_model
 
-    model = create_model(name, depth_max=10.0).to(device).train()
+    model = create_model(name, **{"depth_max": 10.0, **(kwargs or {})}).to(device).train()
     opt = torch.optim.AdamW(model.parameters())
     x = torch.rand(batch_size, 3, size, size, device=device)
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        mask, depth = model(x, x)
-        (mask.mean() + depth.mean()).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            mask, depth = model(x, x)
+        (mask.float().mean() + depth.float().mean()).backward()
         opt.step()
         opt.zero_grad()
         if device.type == "cuda":

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,28 +30,15 @@ TINY = {"data.size": 32, "data.gen_backgrounds": 4, "data.gen_cutouts": 4, "data
 
 
 def step_rate(config, device: torch.device) -> float:
-    """Training steps per second of the configured model at the last stage's size and batch (the faster of two
-    timed steps after a warm-up: other work on a machine only ever slows a step down)."""
-    from maskdepth.models import create_model
+    """Training steps per second of the configured model at the last stage's size and batch (benchmarks/league.py
+    times the step)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from league import sample_rate
 
     t = config.train
     size = t.resize[-1][0] if t.resize else config.data.size
     batch = t.resize[-1][2] if t.resize and len(t.resize[-1]) == 3 else t.batch_size
-    model = create_model(config.model.name, **config.model.kwargs).to(device).train()
-    opt = torch.optim.AdamW(model.parameters())
-    x = torch.rand(batch, 3, size, size, device=device)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp):
-            mask, depth = model(x, x)
-        (mask.float().mean() + depth.float().mean()).backward()
-        opt.step()
-        opt.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 1.0 / min(times[1:])
+    return sample_rate(config.model.name, size, batch, device, config.model.kwargs, t.amp) / batch
 
 
 def main() -> int:
