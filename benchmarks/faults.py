@@ -88,8 +88,8 @@ def _kill_at(argv: list[str], cwd: Path, delay: float | None, watch: Path | None
 
 def _kill_in_write(argv: list[str], cwd: Path, watch: Path, nth: int, prefixes: tuple[str, ...] = (".",)) -> dict:
     """_kill_at the nth temp file; when the poll saw too few before the command ended (a busy machine can hide a
-    short write), start again from a clean folder aiming at the first one (3 tries in all)."""
-    for tries in range(1, 4):
+    short write), start again from a clean folder aiming at the first one (6 tries in all)."""
+    for tries in range(1, 7):
         kill = _kill_at(argv, cwd, None, watch=watch, nth=nth if tries == 1 else 1, prefixes=prefixes)
         if kill["tmp_seen"]:
             break

@@ -169,6 +169,50 @@ def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tm
     assert logged == list(range(1, 11))  # the crashed steps 7-8 were logged once, by the resumed run
 
 
+def test_a_crash_between_the_two_writes_of_the_final_checkpoint_resumes_identical(dataset, tmp_path, monkeypatch):
+    """The final checkpoint is two files (last.safetensors and state.pt): a crash after the first of them and
+    --resume end with the uninterrupted run's file, byte for byte, whichever order they are written in."""
+    import maskdepth.checkpoint
+    from maskdepth.train import loop, rundir
+
+    overrides = {"train.epochs": 2, "train.epoch_steps": 3, "train.deterministic": True, "optim.name": "sgd",
+                 "train.samples": 0}
+    whole = tmp_path / "whole"
+    train(config(dataset, **overrides), whole)
+
+    class Crash(Exception):
+        pass
+
+    final_writes = []
+
+    def crash_on_the_second(step: int) -> None:
+        if step == 6:
+            final_writes.append(step)
+            if len(final_writes) == 2:
+                raise Crash
+
+    save_state, save_checkpoint = rundir.save_state, maskdepth.checkpoint.save_checkpoint
+
+    def state(path, st):
+        crash_on_the_second(st["step"])
+        save_state(path, st)
+
+    def last(path, model, header):
+        if Path(path).name == "last.safetensors":
+            crash_on_the_second(header["step"])
+        save_checkpoint(path, model, header)
+
+    monkeypatch.setattr(rundir, "save_state", state)
+    monkeypatch.setattr(maskdepth.checkpoint, "save_checkpoint", last)
+    monkeypatch.setattr(loop, "save_checkpoint", last, raising=False)
+    broken = tmp_path / "broken"
+    with pytest.raises(Crash):
+        train(config(dataset, **overrides), broken)
+    monkeypatch.undo()
+    assert cli(["train", "--resume", str(broken)]) == 0
+    assert (broken / "last.safetensors").read_bytes() == (whole / "last.safetensors").read_bytes()
+
+
 def test_two_process_ddp_equals_one_process_on_the_same_global_batches(dataset, tmp_path, monkeypatch):
     """torchrun, 2 CPU processes (gloo), 4 samples each, against one process given each step's two rank
     batches as one batch of 8 (the loader's own rank split, asked for in this process).

@@ -460,8 +460,10 @@ class _Trainer:
                 "metrics": (eval_record or {}).get("metrics", {})}
 
     def _checkpoint(self) -> None:
-        """last.safetensors and the resumable state, both at the current step (state first: it is what
-        --resume reads)."""
+        """last.safetensors and the resumable state, both at the current step. The state goes last: a state at
+        step N promises a whole last.safetensors of step N, so a kill between the two writes resumes from the
+        previous state and writes both again (with the state first, a kill in the run's final checkpoint left a
+        finished state beside the previous step's weights)."""
         from maskdepth.checkpoint import save_checkpoint
 
         data_state = self.data.state_dict()
@@ -480,10 +482,10 @@ class _Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": rundir.rng_state(), "data": data_state, "best": self.best, "bad_in_row": self.bad_in_row,
-            "train_time": self.train_time, "world_size": self.place.world_size,
+            "train_time": self.train_time, "world_size": self.place.world_size, "last_eval": self.last_eval,
         }
-        rundir.save_state(self.out, state)
         save_checkpoint(self.out / rundir.LAST, self.model, self._header(self.last_eval))
+        rundir.save_state(self.out, state)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.place.world_size:
@@ -494,6 +496,7 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best, self.bad_in_row, self.train_time = state["best"], state["bad_in_row"], state["train_time"]
+        self.last_eval = state.get("last_eval", {})  # the next checkpoints' headers carry it (older states lack it)
         if state["data"]:
             self.data.load_state_dict(state["data"]["ranks"][self.place.rank])
         self.guard.keep()
