@@ -85,7 +85,7 @@ def main() -> int:
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/data_make[-quick].json)")
     args = p.parse_args()
 
-    from maskdepth.data.make import PRESETS, MakeConfig, Plan, make_dataset
+    from maskdepth.data.make import PRESETS, MakeConfig, ShardPlan, make_dataset
     from maskdepth.fileio import atomic_write_text
 
     if args.quick:
@@ -108,7 +108,7 @@ def main() -> int:
         n = summary["samples_written"]
         rate = n / shard_s
         meta = summary["metadata"]
-        plan = Plan(str(root), cfg, meta["counts"]["cutouts"],
+        plan = ShardPlan(str(root), cfg, meta["counts"]["cutouts"],
                     {"train": tuple(i for i in range(meta["counts"]["backgrounds"])
                                     if i not in meta["split"]["test_backgrounds"]),
                      "test": tuple(meta["split"]["test_backgrounds"])}, digest="profile")

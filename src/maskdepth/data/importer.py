@@ -30,7 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
+from maskdepth.data.format import (
+    DATASET_OUTPUT,
+    RELATIVE_DEPTH_SCALE,
+    DatasetMetadata,
+    background_files,
+    held_out,
+    round_depth_max,
+    shard_name,
+)
+from maskdepth.data.shards import write_shard
 from maskdepth.errors import UserError
+from maskdepth.fileio import atomic_write_bytes, atomic_write_text, prepare_output_dir
+from maskdepth.progress import Progress
 
 REPORT = "import_report.json"
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -405,8 +418,6 @@ class _Done:
 
 
 def _convert(source: Source, key: str, item: Item, bg_id: int, job: _Job) -> tuple[dict[str, bytes], int]:
-    from maskdepth.codecs import encode_jpeg, encode_png
-
     image, raw = _open(source, item.fg_bg)
     _fit((image.height, image.width), job.size, job.resize, source.label(item.fg_bg))
     if image.format == "JPEG" and image.mode == "RGB" and (image.height, image.width) == job.size:
@@ -425,8 +436,6 @@ def _convert(source: Source, key: str, item: Item, bg_id: int, job: _Job) -> tup
 
 
 def _write_shard(source: Source, job: _Job, on_sample=None) -> _Done:
-    from maskdepth.data.shards import write_shard
-
     done = _Done(job.path, 0)
 
     def samples():
@@ -465,18 +474,7 @@ def _pool_write(job: _Job) -> _Done:
 # ---------------------------------------------------------------------------------------------------- import
 
 
-def _split(keys: list[Any], fraction: float, rng: random.Random) -> set[Any]:
-    """The test part of `keys`: round(fraction * n), at least 1 and at most n - 1 when fraction > 0."""
-    if fraction <= 0 or len(keys) < 2:
-        return set()
-    n = min(len(keys) - 1, max(1, round(fraction * len(keys))))
-    return set(rng.sample(sorted(keys), n))
-
-
 def _prepare_out(out: Path, src: Path, force: bool) -> Path:
-    from maskdepth.data.shards import DATASET_OUTPUT
-    from maskdepth.fileio import prepare_output_dir
-
     o, s = out.resolve(), src.resolve()
     if o == s or s in o.parents or o in s.parents:
         raise UserError(f"{out}: the output folder must be outside the source {src} (and not contain it)")
@@ -490,19 +488,6 @@ def import_dataset(src: str | os.PathLike, out: str | os.PathLike, *, manifest: 
                    command: str = "", progress: bool = True) -> dict[str, Any]:
     """Import a seed-layout folder or zip `src` into the dataset folder `out`; returns the report (also written
     to out/import_report.json)."""
-    from maskdepth import __version__
-    from maskdepth.codecs import encode_depth_png, encode_png
-    from maskdepth.data.shards import (
-        FORMAT,
-        FORMAT_VERSION,
-        background_files,
-        round_depth_max,
-        shard_name,
-        write_metadata,
-    )
-    from maskdepth.fileio import atomic_write_bytes, atomic_write_text
-    from maskdepth.progress import Progress
-
     if depth_unit not in DEPTH_UNITS:
         raise UserError(f"unknown depth unit '{depth_unit}'; use one of {', '.join(DEPTH_UNITS)}")
     if depth_unit == "metres" and not (depth_scale and depth_scale > 0):
@@ -560,10 +545,10 @@ def import_dataset(src: str | os.PathLike, out: str | os.PathLike, *, manifest: 
     rng = random.Random(seed)
     by_bg = len({it.bg for it in usable}) > 1
     groups = [it.bg if by_bg else i for i, it in enumerate(usable)]  # what the split keeps together
-    held_out = _split(sorted(set(groups)), test_fraction, rng)
+    test_groups = set(held_out(sorted(set(groups)), test_fraction, rng.sample))
     splits: dict[str, list[tuple[str, Item, int]]] = {"train": [], "test": []}
     for i, (it, g) in enumerate(zip(usable, groups)):
-        splits["test" if g in held_out else "train"].append((f"{i:08d}", it, bg_ids[it.bg]))
+        splits["test" if g in test_groups else "train"].append((f"{i:08d}", it, bg_ids[it.bg]))
     jobs = []
     for split, samples in splits.items():
         rng.shuffle(samples)
@@ -599,24 +584,21 @@ def import_dataset(src: str | os.PathLike, out: str | os.PathLike, *, manifest: 
         raise UserError(f"{src}: none of the {len(items)} samples could be imported; first problem: "
                         f"{problems[0]['file']}: {problems[0]['problem']}")
     raw_max = max((d.depth_max for _, d in done), default=0)
-    scale = depth_scale if depth_unit == "metres" else 1 / 65535
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "source": "import",
-        "generator": {"name": "maskdepth data import", "version": __version__}, "command": command,
-        "import": {"src": str(src), "manifest": str(manifest) if manifest else None, "seed": seed,
-                   "test_fraction": test_fraction, "shard_size": shard_size, "jpeg_quality": quality,
-                   "resized": resize},
-        "size": list(size),
-        "depth": {"unit": depth_unit, "scale": scale,
-                  "max": 1.0 if depth_unit == "relative" else round_depth_max(max(raw_max, 1) * scale)},
-        "split": {"by": "background" if by_bg else "sample", "test_fraction": test_fraction, "seed": seed},
-        "shards": names, "shard_counts": counts,
-        "counts": {"train": n["train"], "test": n["test"], "backgrounds": len(bg_ids), "skipped": len(problems)},
-    }
+    scale = depth_scale if depth_unit == "metres" else RELATIVE_DEPTH_SCALE
+    meta = DatasetMetadata.new(
+        generator="maskdepth data import", source="import", size=size,
+        depth={"unit": depth_unit, "scale": scale,
+               "max": 1.0 if depth_unit == "relative" else round_depth_max(max(raw_max, 1) * scale)},
+        counts={"train": n["train"], "test": n["test"], "backgrounds": len(bg_ids), "skipped": len(problems)},
+        split={"by": "background" if by_bg else "sample", "test_fraction": test_fraction, "seed": seed},
+        shards=names, shard_counts=counts, command=command,
+        **{"import": {"src": str(src), "manifest": str(manifest) if manifest else None, "seed": seed,
+                      "test_fraction": test_fraction, "shard_size": shard_size, "jpeg_quality": quality,
+                      "resized": resize}})
     report = {"src": str(src), "out": str(out), "imported": n, "backgrounds": len(bg_ids),
               "skipped": problems, "ignored_files": ignored}
     atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
-    write_metadata(out, meta)  # last: a folder with metadata.json is a complete dataset
+    meta.write(out)  # last: a folder with metadata.json is a complete dataset
     return report
 
 

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
+from maskdepth.data import photos
 from maskdepth.data.banks import (
     CUTOUT_SIZE,
     NOMINAL_HORIZON,
@@ -44,18 +46,38 @@ from maskdepth.data.banks import (
     seed_for,
 )
 from maskdepth.data.compose import ComposeConfig, Placement, composite, placement_windows, sample_placements
+from maskdepth.data.format import (
+    DATASET_OUTPUT,
+    DEPTH_SCALE,
+    MAKE_LOCK,
+    METADATA,
+    RELATIVE_DEPTH_SCALE,
+    SPLITS,
+    TEACHER_CACHE,
+    DatasetMetadata,
+    background_files,
+    cutout_file,
+    held_out,
+    round_depth_max,
+    shard_name,
+)
 from maskdepth.data.rooms import MAX_DEPTH_M
-from maskdepth.data.shards import TEACHER_CACHE
+from maskdepth.data.shards import write_shard
+from maskdepth.data.teacher import DepthTeacher, format_flag
 from maskdepth.errors import UserError
-from maskdepth.fileio import folder_lock, prepare_output_dir, remove_owned, remove_stale_temps
+from maskdepth.fileio import (
+    atomic_write_bytes,
+    folder_lock,
+    prepare_output_dir,
+    remove_owned,
+    remove_stale_temps,
+)
+from maskdepth.progress import Progress
 
 GENERATOR_NAME = "maskdepth.data.make"
-DEPTH_SCALE = 0.001  # depth PNGs in millimetres
-RELATIVE_DEPTH_SCALE = 1 / 65535  # relative depth (a teacher's, in (0, 1]) uses the whole 16-bit range
 TEACHER_MODES = ("per-background", "per-composite")
 JPEG_QUALITY = 92
 CHUNK = 64  # samples composited together on the CPU
-SPLITS = ("train", "test")
 PRESETS: dict[str, dict[str, Any]] = {
     # the seeds' scale: 100 backgrounds x 100 cutouts x 2 flips x 20 placements = 400,000 samples at 192x192
     "seed": {"backgrounds": 100, "foregrounds": 100, "per_pair": 20, "size": (192, 192)},
@@ -117,8 +139,6 @@ def command_line(cfg: MakeConfig) -> str:
     if cfg.compose.is_plain:
         parts += ["--plain"]
     if cfg.teacher:
-        from maskdepth.data.teacher import format_flag
-
         parts += [f"--depth-teacher {cfg.teacher}", f"--teacher-mode {cfg.teacher_mode}"]
         parts += [format_flag(k, v) for k, v in sorted(cfg.teacher_settings.items())]
     return " ".join(parts)
@@ -129,7 +149,7 @@ def command_line(cfg: MakeConfig) -> str:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ShardPlan:
     """What the workers need to build any shard (small and picklable)."""
 
     root: str
@@ -162,8 +182,6 @@ class Plan:
         raise IndexError(index)
 
     def shard_path(self, index: int) -> Path:
-        from maskdepth.data.shards import shard_name
-
         split, j = self.locate(index)
         return Path(self.root) / "shards" / shard_name(split, j)
 
@@ -191,11 +209,10 @@ def _split_order(seed: int, split_code: int, n: int) -> np.ndarray:
 
 
 def held_out_backgrounds(seed: int, n_backgrounds: int, fraction: float) -> list[int]:
-    """The held-out backgrounds: a seeded choice of round(fraction * n), at least one if fraction > 0, and never
-    all of them."""
-    n_test = min(max(round(fraction * n_backgrounds), 1 if fraction > 0 else 0), n_backgrounds - 1)
+    """The held-out backgrounds: the format's rule (`format.held_out`), drawn with numpy from (seed, split)."""
     rng = np.random.default_rng(seed_for(seed, STREAM_SPLIT))
-    return sorted(int(i) for i in rng.choice(n_backgrounds, size=n_test, replace=False))
+    return held_out(range(n_backgrounds), fraction,
+                    lambda groups, k: [int(groups[i]) for i in rng.choice(len(groups), size=k, replace=False)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,7 +221,7 @@ def held_out_backgrounds(seed: int, n_backgrounds: int, fraction: float) -> list
 _BANKS: dict[tuple[str, str], tuple[BackgroundBank, CutoutBank, np.ndarray, np.ndarray]] = {}
 
 
-def _banks(plan: Plan) -> tuple[BackgroundBank, CutoutBank, np.ndarray, np.ndarray]:
+def _banks(plan: ShardPlan) -> tuple[BackgroundBank, CutoutBank, np.ndarray, np.ndarray]:
     """Banks read back from the dataset folder (once per process), so shards are composed from exactly the stored
     backgrounds and cutouts; plus the backgrounds as (B,H,W,3) uint8 and (B,H,W) float32 depth."""
     key = (plan.root, plan.digest)
@@ -259,10 +276,8 @@ def render_samples(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: 
 _TEACHER: dict[tuple[str, str], Any] = {}
 
 
-def _teacher(plan: Plan):
+def _teacher(plan: ShardPlan):
     """The depth teacher of a per-composite make, loaded once per process (one thread: same bits everywhere)."""
-    from maskdepth.data.teacher import DepthTeacher
-
     key = (plan.root, plan.digest)
     if key not in _TEACHER:
         _TEACHER.clear()
@@ -282,11 +297,8 @@ def teacher_depths(teacher, samples: Iterator[tuple[int, np.ndarray, np.ndarray,
             yield i, image, mask, np.minimum(d, depth_max)
 
 
-def build_shard(plan: Plan, index: int) -> int:
+def build_shard(plan: ShardPlan, index: int) -> int:
     """Write global shard `index` (atomically). Returns its sample count."""
-    from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
-    from maskdepth.data.shards import write_shard
-
     bgs, cutouts, bg_rgb, bg_depth = _banks(plan)
     split, j = plan.locate(index)
     k, bg_id, cut_id, flip = plan.triples(split, j)
@@ -349,8 +361,6 @@ def _procedural_fg(args: tuple[int, int]):
 
 def load_assets(cfg: MakeConfig, pool=None, teacher=None, progress: bool = True) -> Assets:
     """Backgrounds and cutouts; photos get `teacher`'s depth (once per photo) if given."""
-    from maskdepth.data import photos
-
     run = pool.map if pool is not None else map
     skipped: list = []
     if cfg.bg_dir:
@@ -370,10 +380,7 @@ def load_assets(cfg: MakeConfig, pool=None, teacher=None, progress: bool = True)
     return Assets(backgrounds, cutouts, sources, skipped)
 
 
-def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan, teacher=None) -> dict[str, Any]:
-    from maskdepth import __version__
-    from maskdepth.data.shards import FORMAT, FORMAT_VERSION, round_depth_max, shard_name
-
+def build_metadata(cfg: MakeConfig, assets: Assets, plan: ShardPlan, teacher=None) -> DatasetMetadata:
     known = [float(b.depth.max()) for b in assets.backgrounds if (b.depth > 0).any()]
     if teacher is not None and teacher.unit == "relative":
         depth = {"unit": "relative", "scale": RELATIVE_DEPTH_SCALE, "max": 1.0}
@@ -387,37 +394,30 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: Plan, teacher=None) ->
     counts = {"backgrounds": len(assets.backgrounds), "cutouts": len(assets.cutouts),
               "foregrounds": 2 * len(assets.cutouts)}
     counts.update({s: plan.split_samples(s) for s in SPLITS})
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "generator": {"name": GENERATOR_NAME, "version": __version__},
-        "source": "photos" if cfg.bg_dir else "procedural",
-        "seed": cfg.seed, "size": list(cfg.size), "per_pair": cfg.per_pair, "shard_size": cfg.shard_size,
-        "counts": counts,
+    extra: dict[str, Any] = {
+        "seed": cfg.seed, "per_pair": cfg.per_pair, "shard_size": cfg.shard_size,
         "compose": dataclasses.asdict(cfg.compose),
         "jpeg_quality": JPEG_QUALITY, "cutout_size": CUTOUT_SIZE,
-        "depth": depth,
-        "split": {"by": "background", "test_fraction": cfg.test_fraction,
-                  "test_backgrounds": list(plan.split_backgrounds["test"])},
-        "shards": {s: [shard_name(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
-        "shard_counts": {s: [plan.shard_count(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
         "backgrounds": [{"focal_px": float(b.focal_px), "source": src}
                         for b, src in zip(assets.backgrounds, assets.sources)],
         "cutouts": [{"name": c.name, "height_m": float(c.height_m)} for c in assets.cutouts],
-        "command": command_line(cfg),
     }
     if cfg.bg_dir:
-        meta["photos"] = {"fit": cfg.fit, "horizon": cfg.horizon}
+        extra["photos"] = {"fit": cfg.fit, "horizon": cfg.horizon}
     if teacher is not None:
-        meta["teacher"] = {"mode": cfg.teacher_mode, **teacher.describe()}
-    return json.loads(json.dumps(meta))  # as it reads back: tuples become lists
+        extra["teacher"] = {"mode": cfg.teacher_mode, **teacher.describe()}
+    return DatasetMetadata.new(
+        generator=GENERATOR_NAME, source="photos" if cfg.bg_dir else "procedural", size=cfg.size, depth=depth,
+        counts=counts,
+        split={"by": "background", "test_fraction": cfg.test_fraction,
+               "test_backgrounds": list(plan.split_backgrounds["test"])},
+        shards={s: [shard_name(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
+        shard_counts={s: [plan.shard_count(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
+        command=command_line(cfg), **extra)
 
 
 def write_assets(root: Path, assets: Assets, depth_scale: float = DEPTH_SCALE) -> None:
     """Backgrounds (RGB, 16-bit depth, floor) and cutouts (RGBA), each file skipped if already there."""
-    from maskdepth.codecs import encode_depth_png, encode_png
-    from maskdepth.data.shards import background_files, cutout_file
-    from maskdepth.fileio import atomic_write_bytes
-
     def put(path: Path, make) -> None:
         if not path.exists():
             _remove_stale_temps(path)
@@ -456,7 +456,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; threads would only fight each other
 
 
-def _build_task(args: tuple[Plan, int]) -> tuple[int, int]:
+def _build_task(args: tuple[ShardPlan, int]) -> tuple[int, int]:
     """(samples written, pictures the teacher computed for them) for one shard."""
     before = sum(t.computed for t in _TEACHER.values())
     n = build_shard(*args)
@@ -470,8 +470,6 @@ def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = N
     A depth teacher caches its results in `teacher_cache` (default OUT/teacher-cache) and runs on
     `teacher_device`. Returns a summary: shards and samples written, shards already complete, pictures the
     teacher computed (cache misses), the metadata."""
-    from maskdepth.data.shards import DATASET_OUTPUT, MAKE_LOCK
-
     cfg.check()
     out = Path(out)
     # a folder of our own is resumed; anything else non-empty is refused, --force or not
@@ -484,9 +482,6 @@ def make_dataset(out: str | os.PathLike, cfg: MakeConfig, shards: str | None = N
 
 def _make_locked(out: Path, cfg: MakeConfig, shards: str | None, workers: int, progress: bool,
                  teacher_cache: str | os.PathLike | None, teacher_device: str) -> dict[str, Any]:
-    from maskdepth.data.shards import METADATA, read_metadata, write_metadata
-    from maskdepth.progress import Progress
-
     cache = Path(teacher_cache) if teacher_cache is not None else out / TEACHER_CACHE
     workers = max(1, int(workers))
     # fork: workers start at once with everything imported (make never touches CUDA, which fork would upset)
@@ -499,31 +494,27 @@ def _make_locked(out: Path, cfg: MakeConfig, shards: str | None, workers: int, p
             torch.set_num_threads(1)  # the same arithmetic as a worker's, so the bytes do not depend on --workers
         teacher = None
         if cfg.teacher:
-            from maskdepth.data.teacher import DepthTeacher
-
             teacher = DepthTeacher.from_path(cfg.teacher, device=teacher_device, threads=1, cache_dir=cache,
                                              **cfg.teacher_settings)
         assets = load_assets(cfg, pool, teacher, progress)
         test = held_out_backgrounds(cfg.seed, len(assets.backgrounds), cfg.test_fraction)
-        plan = Plan(str(out), cfg, len(assets.cutouts), {
+        plan = ShardPlan(str(out), cfg, len(assets.cutouts), {
             "train": tuple(i for i in range(len(assets.backgrounds)) if i not in test), "test": tuple(test)})
         meta = build_metadata(cfg, assets, plan, teacher)
-        plan = dataclasses.replace(plan, digest=hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
-                                   depth_scale=meta["depth"]["scale"], depth_max=meta["depth"]["max"],
+        plan = dataclasses.replace(plan, digest=hashlib.sha256(json.dumps(meta.json, sort_keys=True).encode()).hexdigest(),
+                                   depth_scale=meta.depth_scale, depth_max=meta.depth_max,
                                    teacher_cache=str(cache), teacher_device=teacher_device)
         if (out / METADATA).exists():
-            old = read_metadata(out)
+            old = DatasetMetadata.read(out)
             if old != meta:
                 diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
                 raise UserError(f"{out}: holds a different maskdepth dataset (differs in {', '.join(diff)}); "
                                 "choose another folder, rerun with its own options, or pass --force to replace it")
         else:
             _remove_stale_temps(out / METADATA)
-            write_metadata(out, meta)
+            meta.write(out)
         if assets.skipped:
-            from maskdepth.data.photos import write_skip_report
-
-            write_skip_report(out / "skipped.json", assets.skipped)
+            photos.write_skip_report(out / "skipped.json", assets.skipped)
             print(f"maskdepth: skipped {len(assets.skipped)} unusable picture(s), listed in {out / 'skipped.json'}",
                   file=sys.stderr)
         write_assets(out, assets, plan.depth_scale)
@@ -549,4 +540,4 @@ def _make_locked(out: Path, cfg: MakeConfig, shards: str | None, workers: int, p
             pool.join()
     return {"shards_written": len(todo), "samples_written": written, "shards_complete_before": len(wanted) - len(todo),
             "shards_in_range": len(wanted), "total_shards": plan.total_shards, "teacher_computed": computed,
-            "metadata": meta}
+            "metadata": meta.json}

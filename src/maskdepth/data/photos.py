@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdepth.codecs import to_rgb_uint8
 from maskdepth.data.banks import NOMINAL_FLOOR_MARGIN, NOMINAL_HORIZON, nominal_ground
 from maskdepth.data.cutouts import Cutout, load_cutout
 from maskdepth.data.rooms import Background
@@ -119,8 +120,6 @@ def load_photo(path: str | os.PathLike, size: tuple[int, int], fit: str = "crop"
                horizon: float = DEFAULT_HORIZON) -> Photo:
     """One background photo, fitted; depth unknown (0). Unreadable: UserError naming the file."""
     from PIL import ImageOps
-
-    from maskdepth.codecs import to_rgb_uint8
 
     path = Path(path)
     img = open_image(path)
