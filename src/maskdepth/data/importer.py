@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
 from maskdepth.data.format import (
@@ -42,7 +43,13 @@ from maskdepth.data.format import (
 )
 from maskdepth.data.shards import write_shard
 from maskdepth.errors import UserError
-from maskdepth.fileio import atomic_write_bytes, atomic_write_text, prepare_output_dir
+from maskdepth.fileio import (
+    MAX_IMAGE_PIXELS,
+    atomic_write_bytes,
+    atomic_write_text,
+    prepare_output_dir,
+    require_file,
+)
 from maskdepth.progress import Progress
 
 REPORT = "import_report.json"
@@ -293,8 +300,6 @@ def match_files(names: list[str]) -> tuple[list[Item], list[dict[str, str]], int
 
 def read_manifest(path: str | os.PathLike, source: Source) -> list[Item]:
     """Rows of a CSV with columns bg, fg_bg, mask, depth (paths relative to the source)."""
-    from maskdepth.fileio import require_file
-
     path = require_file(path, "manifest")
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
@@ -327,10 +332,6 @@ class _Skip(Exception):
 
 def _open(source: Source, name: str):
     """(decoded Pillow image, original bytes) of a source file, or _Skip saying why not."""
-    from PIL import Image
-
-    from maskdepth.fileio import MAX_IMAGE_PIXELS
-
     label = source.label(name)
     try:
         data = source.read(name)
@@ -364,8 +365,6 @@ def _gray8(img) -> np.ndarray:
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-    from PIL import Image
-
     if a.shape[:2] == size:
         return a
     img = Image.fromarray(np.ascontiguousarray(a))
