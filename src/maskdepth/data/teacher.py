@@ -10,6 +10,9 @@ size: disparity (inverse depth) is turned into depth; metric output is in metres
 per picture into [MIN_RELATIVE, 1], so every relative map has its largest value at 1 and the same floor. A value
 the network gives as non-finite (or non-positive metric) is 0, "unknown", as everywhere in maskdepth. Results are
 cached on disk by content hash: sha256(model file, settings, picture) -> depth, so a rerun computes nothing twice.
+
+Longer than most modules: the settings, the two runners, the cache and the teacher are one feature whose parts
+are used only through `DepthTeacher` (and `format_flag` for the command line).
 """
 
 from __future__ import annotations
