@@ -23,20 +23,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def stage_profile(root: Path, plan, index: int) -> dict:
-    """CPU seconds per sample of each stage of building shard `index` (the steps of make.build_shard)."""
+    """CPU seconds per sample of each stage of building shard `index` (the steps of make_render.build_shard)."""
     import torch
 
     from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
-    from maskdepth.data import make
+    from maskdepth.data import make_render
     from maskdepth.data.banks import STREAM_SHARD, seed_for
     from maskdepth.data.compose import sample_placements
+    from maskdepth.data.format import DEPTH_SCALE
+    from maskdepth.data.make_plan import JPEG_QUALITY
     from maskdepth.data.shards import write_shard
 
     torch.set_num_threads(1)
     clock = time.process_time
     t = {k: 0.0 for k in ("banks", "placement", "compose", "jpeg", "png_mask", "png_depth", "tar")}
     c0 = clock()
-    bgs, cutouts, bg_rgb, bg_depth = make._banks(plan)
+    bgs, cutouts, bg_rgb, bg_depth = make_render._banks(plan)
     t["banks"] = clock() - c0
     split, j = plan.locate(index)
     k, bg_id, cut_id, flip = plan.triples(split, j)
@@ -46,7 +48,7 @@ def stage_profile(root: Path, plan, index: int) -> dict:
                           torch.from_numpy(flip.astype(bool)), g, plan.cfg.compose)
     t["placement"] = clock() - c0
     samples = []
-    frames = make.render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
+    frames = make_render.render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
     while True:
         c0 = clock()
         item = next(frames, None)
@@ -55,11 +57,11 @@ def stage_profile(root: Path, plan, index: int) -> dict:
             break
         i, image, mask, depth = item
         c0 = clock()
-        jpg = encode_jpeg(image, make.JPEG_QUALITY)
+        jpg = encode_jpeg(image, JPEG_QUALITY)
         c1 = clock()
         png = encode_png(mask)
         c2 = clock()
-        dpng = encode_depth_png(depth, make.DEPTH_SCALE)
+        dpng = encode_depth_png(depth, DEPTH_SCALE)
         c3 = clock()
         t["jpeg"] += c1 - c0
         t["png_mask"] += c2 - c1
@@ -85,7 +87,7 @@ def main() -> int:
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/data_make[-quick].json)")
     args = p.parse_args()
 
-    from maskdepth.data.make import PRESETS, MakeConfig, Plan, make_dataset
+    from maskdepth.data.make import PRESETS, MakeConfig, ShardPlan, make_dataset
     from maskdepth.fileio import atomic_write_text
 
     if args.quick:
@@ -108,7 +110,7 @@ def main() -> int:
         n = summary["samples_written"]
         rate = n / shard_s
         meta = summary["metadata"]
-        plan = Plan(str(root), cfg, meta["counts"]["cutouts"],
+        plan = ShardPlan(str(root), cfg, meta["counts"]["cutouts"],
                     {"train": tuple(i for i in range(meta["counts"]["backgrounds"])
                                     if i not in meta["split"]["test_backgrounds"]),
                      "test": tuple(meta["split"]["test_backgrounds"])}, digest="profile")

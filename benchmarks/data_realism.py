@@ -3,7 +3,7 @@
     python benchmarks/data_realism.py            # 192x192, 10 rooms, 20 cutouts, 512 placements, batches of 64
     python benchmarks/data_realism.py --quick    # tiny smoke run
 
-Rows: `data make`'s windowed compose (make.render_samples) and a generator batch without and with capture, at the
+Rows: `data make`'s windowed compose (make_render.render_samples) and a generator batch without and with capture, at the
 defaults; then, where this version has them, the same with each compose effect off in turn (cast shadows,
 reflections, camouflage, shading) and all off, and apply_capture / apply_camera alone. CPU time of one thread is
 steadier than wall time on a shared machine. Writes benchmarks/results/data_realism[-quick].json.
@@ -48,7 +48,7 @@ def main() -> int:
     from maskdepth.data.capture import CaptureConfig, apply_capture
     from maskdepth.data.compose import ComposeConfig, sample_placements
     from maskdepth.data.generator import OnTheFlyGenerator
-    from maskdepth.data.make import render_samples
+    from maskdepth.data.make_render import render_samples
     from maskdepth.fileio import atomic_write_text
 
     torch.set_num_threads(1)

@@ -31,15 +31,9 @@ from maskdepth.codecs import (
 )
 from maskdepth.data.augment import AugmentConfig, augment_batch, resize_batch
 from maskdepth.data.capture import CaptureConfig, apply_capture
+from maskdepth.data.format import FORMAT, FORMAT_VERSION, background_files, shard_name
 from maskdepth.data.loader import make_loader
-from maskdepth.data.shards import (
-    FORMAT,
-    FORMAT_VERSION,
-    background_files,
-    iter_shard,
-    shard_name,
-    write_shard,
-)
+from maskdepth.data.shards import iter_shard, write_shard
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 

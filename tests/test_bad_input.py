@@ -433,7 +433,7 @@ def test_resume_removes_a_killed_checkpoint_writes_temporary_file(made, tmp_path
 
 
 def test_a_second_data_make_into_the_same_folder_says_another_is_running(tmp_path, capsys):
-    from maskdepth.data.shards import MAKE_LOCK
+    from maskdepth.data.format import MAKE_LOCK
     from maskdepth.fileio import folder_lock
 
     out = tmp_path / "data"

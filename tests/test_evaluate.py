@@ -13,9 +13,9 @@ from PIL import Image
 
 from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main as cli
+from maskdepth.data.format import DatasetDir
 from maskdepth.data.loader import make_loader
 from maskdepth.data.make import MakeConfig, make_dataset
-from maskdepth.data.shards import DatasetDir
 from maskdepth.evaluate import GRID_COLUMNS, evaluate_checkpoint, predict
 from maskdepth.metrics import DEPTH_METRICS, METRIC_NAMES, Metrics
 from maskdepth.models import create_model

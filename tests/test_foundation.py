@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from maskdepth import codecs
+from maskdepth.data import format as dataset_format
 from maskdepth.data import shards
-from maskdepth.data.shards import DATASET_OUTPUT
+from maskdepth.data.format import DATASET_OUTPUT
 from maskdepth.errors import UserError
 from maskdepth.evaluate import EVAL_OUTPUT
 from maskdepth.fileio import atomic_path, atomic_write_bytes, folder_lock, open_image, prepare_output_dir
@@ -68,14 +69,14 @@ def test_truncated_and_foreign_shards_give_one_line(tmp_path):
 
 def test_metadata_errors(tmp_path):
     with pytest.raises(UserError, match="not a maskdepth dataset"):
-        shards.read_metadata(tmp_path)
-    (tmp_path / shards.METADATA).write_text("{broken")
+        dataset_format.DatasetMetadata.read(tmp_path)
+    (tmp_path / dataset_format.METADATA).write_text("{broken")
     with pytest.raises(UserError, match="corrupt metadata"):
-        shards.read_metadata(tmp_path)
-    shards.write_metadata(tmp_path, {"format": shards.FORMAT, "format_version": 1, "size": [8, 8],
+        dataset_format.DatasetMetadata.read(tmp_path)
+    dataset_format.DatasetMetadata({"format": dataset_format.FORMAT, "format_version": 1, "size": [8, 8],
                                      "depth": {"unit": "metres", "scale": 0.001, "max": 5.0},
-                                     "shards": {"train": ["train-000000.tar"]}, "counts": {"train": 2}})
-    ds = shards.DatasetDir(tmp_path)
+                                     "shards": {"train": ["train-000000.tar"]}, "counts": {"train": 2}}).write(tmp_path)
+    ds = dataset_format.DatasetDir(tmp_path)
     assert ds.size == (8, 8) and ds.depth_max == 5.0
     with pytest.raises(UserError, match="shard missing"):
         ds.shards("train")

@@ -15,9 +15,11 @@ from PIL import Image
 
 from maskdepth.cli import main
 from maskdepth.codecs import encode_jpeg, encode_png
-from maskdepth.data.importer import REPORT, import_dataset, match_files
+from maskdepth.data.format import DatasetDir
+from maskdepth.data.import_match import match_files
+from maskdepth.data.importer import REPORT, import_dataset
 from maskdepth.data.loader import make_loader
-from maskdepth.data.shards import DatasetDir, iter_shard
+from maskdepth.data.shards import iter_shard
 from maskdepth.errors import UserError
 
 H, W = 24, 32

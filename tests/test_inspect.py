@@ -13,8 +13,9 @@ from PIL import Image
 
 from maskdepth.cli import main
 from maskdepth.codecs import decode_rgb
+from maskdepth.data.format import DatasetDir
 from maskdepth.data.inspect import COLUMNS, dataset_stats, quartets_per_row
-from maskdepth.data.shards import DatasetDir, iter_shard
+from maskdepth.data.shards import iter_shard
 from maskdepth.viz import LABEL_H, TURBO_LUT, colorize_depth, make_grid, overlay, to_uint8
 from test_loader import BG_DEPTH_MM, SCALE, write_dataset
 

@@ -13,15 +13,9 @@ from maskdepth.codecs import encode_depth_png, encode_jpeg, encode_png
 from maskdepth.data import loader as loader_mod
 from maskdepth.data.augment import AugmentConfig
 from maskdepth.data.capture import CaptureConfig
-from maskdepth.data.loader import consumer_parts, make_loader, round_robin_take, shard_counts
-from maskdepth.data.shards import (
-    FORMAT,
-    FORMAT_VERSION,
-    DatasetDir,
-    background_files,
-    shard_name,
-    write_shard,
-)
+from maskdepth.data.format import FORMAT, FORMAT_VERSION, DatasetDir, background_files, shard_name
+from maskdepth.data.loader import consumer_parts, make_loader, round_robin_take
+from maskdepth.data.shards import write_shard
 from maskdepth.errors import UserError
 
 SCALE = 0.001  # metres per depth unit
@@ -175,7 +169,7 @@ def test_joint_geometry_through_the_loader(data):
 def test_counts_from_tar_headers(tmp_path, data):
     root = write_dataset(tmp_path / "nocounts", record_counts=False)
     ds = DatasetDir(root)
-    assert shard_counts(ds, "train") == DatasetDir(data).meta["shard_counts"]["train"]
+    assert ds.shard_counts("train") == DatasetDir(data).meta["shard_counts"]["train"]
     assert len(make_loader(root, "test", 3, None, train=False, workers=0)) == 3
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from maskdepth.cli import main
 from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
+from maskdepth.data.format import DatasetDir
 from maskdepth.data.make import MakeConfig, make_dataset
-from maskdepth.data.shards import DatasetDir, iter_shard
+from maskdepth.data.shards import iter_shard
 from maskdepth.errors import UserError
 
 TINY = MakeConfig(size=(48, 48), backgrounds=3, foregrounds=2, per_pair=2, shard_size=5, test_fraction=0.34)

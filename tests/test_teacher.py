@@ -241,7 +241,8 @@ def make(pictures, out, teacher, mode, cache):
 
 def read_samples(root):
     from maskdepth.codecs import decode_depth_png, decode_gray
-    from maskdepth.data.shards import DatasetDir, iter_shard
+    from maskdepth.data.format import DatasetDir
+    from maskdepth.data.shards import iter_shard
 
     ds = DatasetDir(root)
     for split in ("train", "test"):
@@ -254,10 +255,10 @@ def read_samples(root):
                                        ("onnx", "per-composite"), ("torchscript", "per-composite")])
 def test_make_with_teacher(pictures, models, tmp_path, kind, mode):
     from maskdepth.codecs import decode_depth_png, decode_rgb, encode_depth_png
-    from maskdepth.data.shards import background_files, read_metadata, shard_name
+    from maskdepth.data.format import DatasetMetadata, background_files, shard_name
 
     first = make(pictures, tmp_path / "a", models[kind], mode, cache=tmp_path / "cache")
-    meta = read_metadata(tmp_path / "a")
+    meta = DatasetMetadata.read(tmp_path / "a")
     n = meta["counts"]["train"] + meta["counts"]["test"]
     assert n == 3 * 2 * 2 and meta["depth"] == {"unit": "relative", "scale": 1 / 65535, "max": 1.0}
     assert meta["teacher"]["mode"] == mode and meta["teacher"]["fingerprint"]
@@ -292,7 +293,7 @@ def test_make_with_teacher(pictures, models, tmp_path, kind, mode):
 
 def test_make_cli_teacher_flags_and_bad_model(pictures, models, tmp_path, capsys):
     from maskdepth.cli import main
-    from maskdepth.data.shards import read_metadata
+    from maskdepth.data.format import DatasetMetadata
 
     base = ["data", "make", "--bg-dir", str(pictures / "photos"), "--fg-dir", str(pictures / "cutouts"),
             "--size", "48", "--per-pair", "1", "--workers", "1", "--quiet"]
@@ -309,7 +310,7 @@ def test_make_cli_teacher_flags_and_bad_model(pictures, models, tmp_path, capsys
     assert main([*base, str(tmp_path / "z"), "--depth-teacher", str(models["onnx"]), "--teacher-size", "32x32",
                  "--teacher-unit", "metres", "--teacher-output", "disparity", "--teacher-scale", "2",
                  "--fit", "letterbox", "--fg-scale", "0.2:0.7"]) == 0
-    meta = read_metadata(tmp_path / "z")
+    meta = DatasetMetadata.read(tmp_path / "z")
     assert meta["depth"]["unit"] == "metres" and meta["teacher"]["input_size"] == [32, 32]
     assert meta["compose"]["min_height"] == 0.2 and meta["photos"]["fit"] == "letterbox"
     assert "--teacher-size 32x32" in meta["command"] and "--fg-scale 0.2:0.7" in meta["command"]

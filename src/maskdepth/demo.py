@@ -133,7 +133,8 @@ def _predict_pairs(out: Path, ckpt: Path, n: int) -> list[dict[str, str]]:
     """Write `n` held-out (bg, image) pairs as ordinary files, predict them through the file API, and keep the
     pictures the report shows."""
     from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb, encode_png
-    from maskdepth.data.shards import DatasetDir, iter_shard
+    from maskdepth.data.format import DatasetDir
+    from maskdepth.data.shards import iter_shard
     from maskdepth.fileio import atomic_write_bytes
     from maskdepth.predict import load_model, save_prediction
     from maskdepth.viz import colorize_depth
@@ -172,7 +173,7 @@ def _first_samples(ds, n: int, iter_shard):
 def _write_report(out: Path, cfg: DemoConfig, before: dict[str, Any] | None, after: dict[str, Any],
                   pairs: list[dict[str, str]], curves: Path, timings: dict[str, float]) -> Path:
     from maskdepth import __version__
-    from maskdepth.data.shards import DatasetDir
+    from maskdepth.data.format import DatasetDir
     from maskdepth.fileio import atomic_write_text
     from maskdepth.metrics import METRIC_NAMES
 

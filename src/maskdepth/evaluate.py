@@ -152,8 +152,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     training size). Depth metrics after per-image scale-and-shift alignment are added when `aligned`, and always
     for relative-depth datasets. Returns (JSON record, result)."""
     from maskdepth.checkpoint import load_model_from_checkpoint
+    from maskdepth.data.format import DatasetDir
     from maskdepth.data.loader import make_loader
-    from maskdepth.data.shards import DatasetDir
     from maskdepth.progress import track
     from maskdepth.train.data import to_device
     from maskdepth.train.dist import resolve_device

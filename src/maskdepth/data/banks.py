@@ -17,18 +17,16 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskdepth.codecs import decode_image
+from maskdepth.data.cutouts import Cutout, procedural_cutout
+from maskdepth.data.format import DatasetMetadata, background_files, cutout_file, read_background
+from maskdepth.data.rooms import Background, render_room, sample_room
 from maskdepth.errors import UserError
-
-if TYPE_CHECKING:
-    from maskdepth.data.cutouts import Cutout
-    from maskdepth.data.rooms import Background
 
 # Nominal camera for photos without depth: 1.5 m high, 60 degree vertical field of view, horizon at 45% of the
 # height. Only used to place cutouts (their size and z-test); such samples record depth as unknown.
@@ -56,15 +54,11 @@ def seed_for(*keys: int) -> int:
 
 def procedural_background(seed: int, index: int, size: tuple[int, int]) -> Background:
     """Procedural room `index` of a dataset seeded `seed`: a function of (seed, index, size) only."""
-    from maskdepth.data.rooms import render_room, sample_room
-
     return render_room(sample_room(np.random.default_rng(seed_for(seed, STREAM_BACKGROUND, index))), size)
 
 
 def procedural_foreground(seed: int, index: int, size: int = CUTOUT_SIZE) -> Cutout:
     """Procedural cutout `index` of a dataset seeded `seed`: a function of (seed, index, size) only."""
-    from maskdepth.data.cutouts import procedural_cutout
-
     return procedural_cutout(np.random.default_rng(seed_for(seed, STREAM_CUTOUT, index)), size)
 
 
@@ -154,28 +148,18 @@ class BackgroundBank:
     @classmethod
     def from_dataset(cls, root: str | os.PathLike, ids: Sequence[int] | None = None) -> BackgroundBank:
         """The backgrounds stored in a dataset folder made by `maskdepth data make` (all, or `ids`)."""
-        from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
-        from maskdepth.data.shards import background_files, read_metadata
-
-        meta = read_metadata(root)
-        entries = meta.get("backgrounds")
-        if not isinstance(entries, list):
-            raise UserError(f"{Path(root) / 'metadata.json'}: lists no backgrounds with focal lengths (an imported "
-                            "dataset?); use a dataset made by `maskdepth data make`")
-        scale = float(meta["depth"]["scale"])
+        meta = DatasetMetadata.read(root)
+        entries = meta.entries("backgrounds")
+        if entries is None:
+            raise UserError(f"{meta.path}: lists no backgrounds with focal lengths (an imported dataset?); use a "
+                            "dataset made by `maskdepth data make`")
         ids = range(len(entries)) if ids is None else ids
         images, depths, floors, focals = [], [], [], []
         for i in ids:
-            rgb_p, depth_p, floor_p = background_files(root, i)
-            try:
-                images.append(decode_rgb(rgb_p.read_bytes()))
-                depths.append(decode_depth_png(depth_p.read_bytes()).astype(np.float32) * np.float32(scale))
-                floors.append(decode_gray(floor_p.read_bytes()) > 127)
-            except FileNotFoundError as e:
-                raise UserError(f"{e.filename}: background file missing; the dataset is incomplete: rerun the "
-                                "command that made it") from None
-            except (OSError, ValueError, SyntaxError) as e:
-                raise UserError(f"{rgb_p}: unreadable background ({e}); rebuild the dataset") from None
+            rgb, depth, floor = read_background(root, i, meta.depth_scale, meta.size)
+            images.append(rgb)
+            depths.append(depth)
+            floors.append(floor)
             focals.append(float(entries[i]["focal_px"]))
         return cls.from_arrays(images, depths, floors, focals, names=[str(background_files(root, i)[0]) for i in ids])
 
@@ -282,13 +266,10 @@ class CutoutBank:
                      ) -> CutoutBank:
         """The cutouts stored in a dataset folder made by `maskdepth data make` (all, or `ids`), at the dataset's
         cutout size unless `size` is given."""
-        from maskdepth.codecs import decode_image
-        from maskdepth.data.shards import cutout_file, read_metadata
-
-        meta = read_metadata(root)
-        entries = meta.get("cutouts")
-        if not isinstance(entries, list) or not entries:
-            raise UserError(f"{Path(root) / 'metadata.json'}: lists no cutouts (an imported dataset?); use a "
+        meta = DatasetMetadata.read(root)
+        entries = meta.entries("cutouts")
+        if not entries:
+            raise UserError(f"{meta.path}: lists no cutouts (an imported dataset?); use a "
                             "dataset made by `maskdepth data make`")
         ids = range(len(entries)) if ids is None else ids
         rgbas = []

@@ -18,6 +18,10 @@ colour of the background under its box, or toward a nearby patch of the backgrou
 small inside the mask too.
 
 Nothing here loops over samples or reads a tensor back to the host, so on CUDA a batch is a few kernels.
+
+This module is long on purpose: it is the one implementation of the compositing rule (placement, shading,
+shadows, reflections, camouflage), and its private helpers all serve `composite`; split, they would be one
+module's internals spread over several files.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ A procedural cutout is built in metres (y up, standing on y = 0) from layers of 
 has exact soft, anti-aliased edges; colour is shaded by a normal taken from the blurred layer coverage, which gives
 parts a rounded look. The result is trimmed to the alpha's bounding box; `height_m` is its height in metres, so
 the compositor's perspective rule (height in px = focal_px * height_m / depth) sizes it correctly.
+
+Longer than most modules: most of it is the procedural shape kinds (person, animal, plant, lamp, chair, table,
+blob), each a short recipe of layers for the one renderer here; they change together with it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ and returns: the GPU never waits on it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import torch
 
@@ -24,6 +23,7 @@ from maskdepth.data.banks import (
 )
 from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
 from maskdepth.data.compose import ComposeConfig, composite, sample_placements
+from maskdepth.data.format import DatasetMetadata, round_depth_max
 from maskdepth.errors import UserError
 
 Batch = dict[str, torch.Tensor]
@@ -38,8 +38,6 @@ class OnTheFlyGenerator:
     def __init__(self, bgs: BackgroundBank, cutouts: CutoutBank, batch_size: int, seed: int,
                  compose: ComposeConfig = ComposeConfig(), capture: CaptureConfig | None = CaptureConfig(),
                  device: torch.device | str | None = None, depth_max: float | None = None):
-        from maskdepth.data.shards import round_depth_max
-
         self.device = torch.device(device) if device is not None else bgs.device
         self.bgs, self.cutouts = bgs.to(self.device), cutouts.to(self.device)
         self.batch_size, self.seed = int(batch_size), int(seed)
@@ -100,21 +98,11 @@ class OnTheFlyGenerator:
                      capture: CaptureConfig | None = CaptureConfig(), device: torch.device | str | None = None
                      ) -> OnTheFlyGenerator:
         """The backgrounds of `split` and all cutouts of a dataset made by `maskdepth data make`."""
-        from maskdepth.data.shards import read_metadata
-
-        meta = read_metadata(dataset_dir)
-        ids = split_backgrounds(meta, split)
+        meta = DatasetMetadata.read(dataset_dir)
+        ids = meta.split_backgrounds(split)
         if not ids:
             raise UserError(f"{dataset_dir}: split '{split}' has no backgrounds; use another split")
         bgs = BackgroundBank.from_dataset(dataset_dir, ids)
         cutouts = CutoutBank.from_dataset(dataset_dir)
-        return cls(bgs, cutouts, batch_size, seed, compose, capture, device, depth_max=float(meta["depth"]["max"]))
+        return cls(bgs, cutouts, batch_size, seed, compose, capture, device, depth_max=meta.depth_max)
 
-
-def split_backgrounds(meta: dict, split: str) -> Sequence[int]:
-    """Background ids of `split` in a dataset's metadata (the split is by background)."""
-    if split not in ("train", "test"):
-        raise UserError(f"unknown split '{split}'; use train or test")
-    n = int(meta["counts"]["backgrounds"])
-    test = set(meta.get("split", {}).get("test_backgrounds", []))
-    return [i for i in range(n) if (i in test) == (split == "test")]

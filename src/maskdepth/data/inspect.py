@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -10,20 +11,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
 from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
+from maskdepth.data.format import SPLITS, DatasetDir
+from maskdepth.data.shards import iter_shard
 from maskdepth.errors import UserError
+from maskdepth.progress import track
+from maskdepth.viz import colorize_depth, make_grid
 
 COLUMNS = ("bg", "fg_bg", "mask", "depth")
 
 
-def pick_samples(ds, split: str, n: int, seed: int = 0) -> list[tuple[str, dict[str, bytes]]]:
+def pick_samples(ds: DatasetDir, split: str, n: int, seed: int = 0) -> list[tuple[str, dict[str, bytes]]]:
     """Up to n samples of `split` chosen from `seed`: all of them if there are no more than n, else n at random
     from randomly chosen shards holding at least n together, so only those shards are read (shards are mixes
     of the whole dataset, so this is a fair sample at a fraction of the reading)."""
-    from maskdepth.data.loader import shard_counts
-    from maskdepth.data.shards import iter_shard
-
-    counts = shard_counts(ds, split)
+    counts = ds.shard_counts(split)
     if sum(counts) == 0:
         raise UserError(f"{ds.root}: split '{split}' has no samples; try --split "
                         f"{'test' if split == 'train' else 'train'}")
@@ -52,12 +55,8 @@ def pick_samples(ds, split: str, n: int, seed: int = 0) -> list[tuple[str, dict[
     return picked
 
 
-def decode_sample(ds, sample: dict[str, bytes]) -> dict[str, np.ndarray]:
+def decode_sample(ds: DatasetDir, sample: dict[str, bytes]) -> dict[str, np.ndarray]:
     """bg (H,W,3) uint8, fg_bg (H,W,3) uint8, mask (H,W) uint8, depth (H,W) float32 in the dataset's unit."""
-    import json
-
-    from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
-
     try:
         bg_id = int(json.loads(sample["json"])["bg"])
         return {"bg": ds.background(bg_id)[0], "fg_bg": decode_rgb(sample["fg_bg.jpg"]),
@@ -73,9 +72,6 @@ def show_grid(data_dir: str | os.PathLike, split: str = "train", n: int = 16, se
     per row, each tile at most `tile` pixels on its longer side; depth coloured on one 0..depth_max scale.
     With `capture`, bg and fg_bg are shown as training sees them (data/capture.py: one camera's response on both,
     then bg re-captured), seeded by `seed`."""
-    from maskdepth.data.shards import DatasetDir
-    from maskdepth.viz import colorize_depth, make_grid
-
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
     ds = DatasetDir(data_dir)
@@ -131,10 +127,6 @@ def dataset_stats(data_dir: str | os.PathLike, split: str = "train", max_samples
     """Counts from the metadata, and over up to `max_samples` samples of `split`: per-channel mean/std of fg_bg
     and of the samples' bg (values in [0,1]), depth range/mean over known pixels and the known fraction, and
     mask coverage (mean fraction per sample, its min and max, share of samples with an empty mask)."""
-    from maskdepth.data.loader import shard_counts
-    from maskdepth.data.shards import SPLITS, DatasetDir
-    from maskdepth.progress import track
-
     if max_samples < 1:
         raise UserError(f"--max-samples must be at least 1 (got {max_samples})")
     ds = DatasetDir(data_dir)
@@ -157,7 +149,7 @@ def dataset_stats(data_dir: str | os.PathLike, split: str = "train", max_samples
     return {
         "dataset": str(ds.root), "split": split, "size": list(ds.size),
         "counts": {**{k: int(v) for k, v in ds.meta.get("counts", {}).items()},
-                   **{sp: sum(shard_counts(ds, sp)) for sp in SPLITS}},
+                   **{sp: sum(ds.shard_counts(sp)) for sp in SPLITS}},
         "sampled": len(samples),
         "fg_bg": fg.result(1 / 255), "bg": bg.result(1 / 255),
         "depth": {"unit": ds.depth_unit, "min": round(d_min, 6) if d_known else None,

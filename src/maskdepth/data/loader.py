@@ -11,25 +11,23 @@ index, so `skip_batches=k` reproduces exactly the tail of the full epoch without
 
 from __future__ import annotations
 
-import functools
+import ctypes
 import json
 import math
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
 from maskdepth.data.augment import AugmentConfig, as_hw, augment_batch, empty_batch, resize_batch
-from maskdepth.data.shards import DatasetDir, background_files, count_shard_samples, iter_shard
+from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
+from maskdepth.data.format import DatasetDir, background_files, read_background_file
+from maskdepth.data.shards import iter_shard
 from maskdepth.errors import UserError
-
-if TYPE_CHECKING:
-    from maskdepth.data.capture import CaptureConfig
 
 SHUFFLE_BUFFER = 512  # samples (still encoded) held by each consumer's shuffle buffer
 _ERROR = "__error__"  # key of the one-item dict a worker yields instead of raising UserError
@@ -37,27 +35,7 @@ _ERROR = "__error__"  # key of the one-item dict a worker yields instead of rais
 Part = tuple[int, int, int]  # (shard index, stride, offset): the shard's samples i with i % stride == offset
 
 
-# ---------------------------------------------------------------------------------------------------- counts
-
-
-def shard_counts(ds: DatasetDir, split: str) -> list[int]:
-    """Samples in each shard of `split`: from metadata `shard_counts` if present, else from the tar headers."""
-    paths = ds.shards(split)
-    known = ds.meta.get("shard_counts", {}).get(split)
-    if known is not None and len(known) == len(paths):
-        return [int(n) for n in known]
-    return [_count_samples(str(p), *_stamp(p)) for p in paths]
-
-
-def _stamp(p: Path) -> tuple[int, int]:
-    st = p.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-@functools.lru_cache(maxsize=8192)
-def _count_samples(path: str, size: int, mtime_ns: int) -> int:
-    """count_shard_samples, cached by (path, size, mtime)."""
-    return count_shard_samples(path)
+# ---------------------------------------------------------------------------------------------------- parts
 
 
 def consumer_parts(counts: list[int], order: list[int], consumers: int) -> list[list[Part]]:
@@ -118,7 +96,7 @@ class ShardStream(IterableDataset):
                  equalise: bool):
         self.root, self.split = ds.root, split
         self.paths = [str(p) for p in ds.shards(split)]
-        self.counts = shard_counts(ds, split)
+        self.counts = ds.shard_counts(split)
         self.native, self.size, self.depth_scale = ds.size, size, ds.depth_scale
         self.batch_size, self.augment, self.capture = batch_size, augment, capture
         self.seed, self.epoch, self.shuffle, self.drop_last = seed, epoch, shuffle, drop_last
@@ -182,26 +160,11 @@ class ShardStream(IterableDataset):
 
     def _background(self, bg_id: int, bgs: dict[int, np.ndarray]) -> np.ndarray:
         if bg_id not in bgs:
-            from maskdepth.codecs import decode_rgb
-
-            path = background_files(self.root, bg_id)[0]
-            try:
-                rgb = decode_rgb(path.read_bytes())
-            except FileNotFoundError:
-                raise UserError(f"{path}: background missing; the dataset is incomplete: rerun the command that "
-                                "made it") from None
-            except (OSError, ValueError, SyntaxError) as e:
-                raise UserError(f"{path}: unreadable background ({e}); rebuild the dataset") from None
-            if rgb.shape[:2] != self.native:
-                raise UserError(f"{path}: background is {rgb.shape[1]}x{rgb.shape[0]}, the dataset's size is "
-                                f"{self.native[1]}x{self.native[0]}; rebuild the dataset")
-            bgs[bg_id] = rgb
+            bgs[bg_id] = read_background_file(background_files(self.root, bg_id)[0], decode_rgb, self.native)
         return bgs[bg_id]
 
     def _make_batch(self, group: list[tuple[str, str, dict]], bgs: dict[int, np.ndarray], consumer: int,
                     index: int) -> dict[str, torch.Tensor]:
-        from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
-
         n, (h, w) = len(group), self.native
         image = np.empty((n, h, w, 3), np.uint8)
         bg = np.empty((n, h, w, 3), np.uint8)
@@ -231,8 +194,6 @@ class ShardStream(IterableDataset):
         else:
             batch = resize_batch(batch, self.size, out=out)
         if self.capture is not None:  # one camera's response on both captures, then bg's own capture jitter
-            from maskdepth.data.capture import apply_camera, apply_capture
-
             image, bg = apply_camera(batch["image"], batch["bg"], self.capture, gen)
             batch["image"].copy_(image)
             batch["bg"].copy_(apply_capture(bg, self.capture, gen))
@@ -271,8 +232,6 @@ def _keep_freed_memory() -> None:
     """Let glibc reuse freed batch buffers instead of returning them to the OS and page-faulting them back in on
     the next batch (a large share of the per-batch time otherwise). Best effort: other C libraries are left be."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: batch-sized blocks come from the heap
         libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to this much freed memory

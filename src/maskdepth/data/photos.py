@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
+from maskdepth.codecs import to_rgb_uint8
 from maskdepth.data.banks import NOMINAL_FLOOR_MARGIN, NOMINAL_HORIZON, nominal_ground
 from maskdepth.data.cutouts import Cutout, load_cutout
 from maskdepth.data.rooms import Background
@@ -78,8 +80,6 @@ def list_images(folder: str | os.PathLike, what: str) -> list[Path]:
 def fit_photo(rgb: np.ndarray, size: tuple[int, int], fit: str = "crop") -> tuple[np.ndarray, np.ndarray]:
     """(H,W,3) uint8 of any size -> (image at `size`, content mask). crop: centre crop to the aspect then resize;
     letterbox: resize to fit inside, centred on black."""
-    from PIL import Image
-
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
     H, W = size
@@ -118,10 +118,6 @@ def floor_mask(content: np.ndarray, horizon: float = DEFAULT_HORIZON, depth: np.
 def load_photo(path: str | os.PathLike, size: tuple[int, int], fit: str = "crop",
                horizon: float = DEFAULT_HORIZON) -> Photo:
     """One background photo, fitted; depth unknown (0). Unreadable: UserError naming the file."""
-    from PIL import ImageOps
-
-    from maskdepth.codecs import to_rgb_uint8
-
     path = Path(path)
     img = open_image(path)
     try:
@@ -179,8 +175,6 @@ def relative_to_metres(depth: np.ndarray, floor: np.ndarray) -> float:
 
 def fit_cutout(cutout: Cutout, max_side: int) -> Cutout:
     """Shrink a cutout whose longest side exceeds `max_side` (alpha-premultiplied, so edges stay clean)."""
-    from PIL import Image
-
     h, w = cutout.rgba.shape[:2]
     if max(h, w) <= max_side:
         return cutout

@@ -1,58 +1,25 @@
-"""The dataset folder: metadata.json, WebDataset-layout tar shards, backgrounds and cutouts stored once.
-
-Layout and member names are described in docs/ARCHITECTURE.md. Tar files are written byte-reproducibly (no
-times, owners or modes from the machine) to a temporary name and renamed when complete, so a shard that exists is
-complete and a rerun can skip it.
+"""The tar shards of a dataset folder (data/format.py owns the folder): WebDataset layout, written
+byte-reproducibly (no times, owners or modes from the machine) to a temporary name and renamed when complete, so a
+shard that exists is complete and a rerun can skip it; read by one strict header parser (`tar_members`).
 """
 
 from __future__ import annotations
 
 import io
-import json
-import math
 import mmap
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from maskdepth.errors import UserError
-from maskdepth.fileio import OutputKind, atomic_path, atomic_write_text
+from maskdepth.fileio import atomic_path
 
-METADATA = "metadata.json"
-TEACHER_CACHE = "teacher-cache"  # default cache folder of teacher results inside the dataset folder
-MAKE_LOCK = ".make.lock"  # held by a running `data make`
-# what `data make` and `data import` write; a folder holding only the teacher cache is a make stopped early.
-# The cache is never removed by --force: its results are keyed by content and never stale.
-DATASET_OUTPUT = OutputKind("dataset", markers=(METADATA, TEACHER_CACHE), owned=(
-    METADATA, "skipped.json", "import_report.json", MAKE_LOCK, "backgrounds/bg-*.png", "cutouts/fg-*.png",
-    "shards/*.tar"))
-FORMAT = "maskdepth-dataset"
-FORMAT_VERSION = 1
-SPLITS = ("train", "test")
 # members of one sample, by extension (the part of the member name after the key)
 SAMPLE_MEMBERS = ("fg_bg.jpg", "mask.png", "depth.png", "json")
 
 Sample = dict[str, bytes]  # extension -> bytes, plus nothing else
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def background_files(root: str | os.PathLike, bg_id: int) -> tuple[Path, Path, Path]:
-    """(rgb, depth, floor) paths of background `bg_id`."""
-    d = Path(root) / "backgrounds"
-    return d / f"bg-{bg_id:05d}.png", d / f"bg-{bg_id:05d}.depth.png", d / f"bg-{bg_id:05d}.floor.png"
-
-
-def cutout_file(root: str | os.PathLike, fg_id: int) -> Path:
-    return Path(root) / "cutouts" / f"fg-{fg_id:05d}.png"
 
 
 def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, Sample]]) -> int:
@@ -203,167 +170,3 @@ def _complete(path: Path, key: str, sample: Sample, required: tuple[str, ...]) -
         raise UserError(f"{path}: sample '{key}' lacks {', '.join(missing)}; this is not a maskdepth shard "
                         "(or it is damaged): delete it and rebuild the dataset")
     return key, sample
-
-
-def write_metadata(root: str | os.PathLike, meta: dict[str, Any]) -> None:
-    atomic_write_text(Path(root) / METADATA, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
-def read_metadata(root: str | os.PathLike) -> dict[str, Any]:
-    root = Path(root)
-    p = root / METADATA
-    if not root.is_dir():
-        raise UserError(f"{root}: dataset folder not found; make one with `maskdepth data make {root}`")
-    if not p.is_file():
-        raise UserError(f"{p}: missing; {root} is not a maskdepth dataset: make one with `maskdepth data make` "
-                        "or `maskdepth data import`")
-    try:
-        if p.stat().st_size > MAX_METADATA_BYTES:
-            raise UserError(f"{p}: {p.stat().st_size:,} bytes, more than a dataset's metadata can be; rebuild the "
-                            "dataset")
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise UserError(f"{p}: corrupt metadata ({str(e)[:80]}); rebuild the dataset") from None
-    except OSError as e:
-        raise UserError(f"{p}: cannot read ({e.strerror or e}); check the file") from None
-    return check_metadata(meta, p)
-
-
-MAX_METADATA_BYTES = 64 << 20
-MAX_SIDE = 16384
-MAX_SHARDS = 100_000  # per split
-MAX_SHARD_SAMPLES = 1_000_000
-MAX_SAMPLES = MAX_SHARDS * 1000
-MAX_ASSETS = 1_000_000  # backgrounds, cutouts
-
-
-def check_metadata(meta: Any, path: Any = METADATA) -> dict[str, Any]:
-    """`meta` with every value this package uses checked for type and range (UserError naming the key)."""
-    from maskdepth.fileio import MAX_IMAGE_PIXELS
-    from maskdepth.schema import Reader
-
-    r = Reader(path, "rebuild the dataset (`maskdepth data make` or `data import`)")
-    meta = r.root(meta)
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not a maskdepth dataset metadata file (format={str(meta.get('format'))[:40]!r})")
-    version = r.int(meta, "format_version", 0, 10 ** 6, default=FORMAT_VERSION)
-    if version > FORMAT_VERSION:
-        raise UserError(f"{path}: dataset format {version} is newer than this maskdepth reads "
-                        f"({FORMAT_VERSION}); upgrade maskdepth")
-    h, w = r.pair(meta, "size", 1, MAX_SIDE)
-    if h * w > MAX_IMAGE_PIXELS:
-        raise r.fail("size", f"{w}x{h} is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit")
-    depth = r.obj(meta, "depth")
-    r.str(depth, "unit", "depth.unit", max_len=32)
-    r.positive(depth, "scale", 1e6, "depth.scale")
-    r.positive(depth, "max", 1e9, "depth.max")
-    counts = r.obj(meta, "counts")
-    for split in SPLITS:
-        r.int(counts, split, 0, MAX_SAMPLES, f"counts.{split}", default=0)
-    r.int(counts, "backgrounds", 0, MAX_ASSETS, "counts.backgrounds", default=0)
-    shards = r.obj(meta, "shards")
-    known = r.obj(meta, "shard_counts", default={})
-    for split in SPLITS:
-        names = r.list(shards, split, MAX_SHARDS, f"shards.{split}", default=[])
-        for i, name in enumerate(names):
-            if name != shard_name(split, i):
-                raise r.fail(f"shards.{split}[{i}]", f"is {str(name)[:40]!r}, not {shard_name(split, i)}")
-        if split in known:
-            per = r.list(known, split, MAX_SHARDS, f"shard_counts.{split}")
-            for i in range(len(per)):
-                r.int(per, i, 0, MAX_SHARD_SAMPLES, f"shard_counts.{split}[{i}]")
-            if len(per) == len(names) and sum(per) != counts.get(split, 0):
-                raise r.fail(f"shard_counts.{split}", f"adds up to {sum(per):,}, counts.{split} says "
-                             f"{counts.get(split, 0):,}")
-    for key, field in (("backgrounds", "focal_px"), ("cutouts", "height_m")):
-        entries = r.list(meta, key, MAX_ASSETS, default=[])
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict):
-                raise r.fail(f"{key}[{i}]", "is not an object")
-            r.positive(e, field, 1e9, f"{key}[{i}].{field}", default=1.0)
-    if "cutout_size" in meta:
-        r.int(meta, "cutout_size", 1, MAX_SIDE)
-    split_info = r.obj(meta, "split", default={})
-    tests = r.list(split_info, "test_backgrounds", MAX_ASSETS, "split.test_backgrounds", default=[])
-    for i in range(len(tests)):
-        r.int(tests, i, 0, MAX_ASSETS, f"split.test_backgrounds[{i}]")
-    return meta
-
-
-@dataclass
-class DatasetDir:
-    """A dataset folder and its metadata. Metadata keys used here:
-
-    size [H, W]; depth {unit, scale, max}; shards {split: [file names]}; counts {...}.
-    """
-
-    root: Path
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.meta = read_metadata(self.root)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        h, w = self.meta["size"]
-        return int(h), int(w)
-
-    @property
-    def depth_unit(self) -> str:
-        return self.meta["depth"]["unit"]
-
-    @property
-    def depth_scale(self) -> float:
-        """Multiply a depth PNG's uint16 value by this to get depth in `depth_unit`."""
-        return float(self.meta["depth"]["scale"])
-
-    @property
-    def depth_max(self) -> float:
-        """Upper bound of depth in the dataset (models bound their depth head to (0, depth_max))."""
-        return float(self.meta["depth"]["max"])
-
-    def shards(self, split: str) -> list[Path]:
-        if split not in SPLITS:
-            raise UserError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-        names = self.meta.get("shards", {}).get(split, [])
-        paths = [self.root / "shards" / n for n in names]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise UserError(f"{missing[0]}: shard missing ({len(missing)} of {len(paths)} in split '{split}'); "
-                            "the dataset is incomplete: rerun the command that made it")
-        return paths
-
-    def num_samples(self, split: str) -> int:
-        return int(self.meta["counts"].get(split, 0))
-
-    def background_ids(self) -> list[int]:
-        return list(range(int(self.meta["counts"]["backgrounds"])))
-
-    @cached_property
-    def _bg_cache(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        return {}
-
-    def background(self, bg_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb (H,W,3) uint8, depth (H,W) float32 in depth_unit, 0 = unknown), cached."""
-        if bg_id not in self._bg_cache:
-            from maskdepth.codecs import decode_depth_png, decode_rgb
-
-            rgb_p, depth_p, _ = background_files(self.root, bg_id)
-            try:
-                rgb = decode_rgb(rgb_p.read_bytes())
-                depth = decode_depth_png(depth_p.read_bytes()).astype(np.float32) * self.depth_scale
-            except FileNotFoundError as e:
-                raise UserError(f"{e.filename}: background file missing; the dataset is incomplete: rerun the "
-                                "command that made it") from None
-            except (OSError, ValueError, SyntaxError) as e:
-                raise UserError(f"{rgb_p}: unreadable background ({e}); rebuild the dataset") from None
-            if rgb.shape[:2] != self.size or depth.shape != self.size:
-                raise UserError(f"{rgb_p}: background is not the dataset's {self.size[1]}x{self.size[0]}; rebuild "
-                                "the dataset")
-            self._bg_cache[bg_id] = (rgb, depth)
-        return self._bg_cache[bg_id]
-
-
-def round_depth_max(max_depth: float) -> float:
-    """A tidy upper bound a little above the largest depth seen (models bound their output by it)."""
-    return float(math.ceil(max_depth * 1.05))

@@ -10,6 +10,9 @@ size: disparity (inverse depth) is turned into depth; metric output is in metres
 per picture into [MIN_RELATIVE, 1], so every relative map has its largest value at 1 and the same floor. A value
 the network gives as non-finite (or non-positive metric) is 0, "unknown", as everywhere in maskdepth. Results are
 cached on disk by content hash: sha256(model file, settings, picture) -> depth, so a rerun computes nothing twice.
+
+Longer than most modules: the settings, the two runners, the cache and the teacher are one feature whose parts
+are used only through `DepthTeacher` (and `format_flag` for the command line).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
@@ -158,7 +163,7 @@ class _OnnxRunner:
     """ONNX Runtime session on (N,3,H,W) float32; CUDA when asked for and available, else CPU."""
 
     def __init__(self, path: Path, device: str, threads: int | None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional dependency (the onnx extra): imported only for an ONNX teacher
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -205,8 +210,6 @@ class _TorchScriptRunner:
     static_size = None
 
     def __init__(self, path: Path, device: str, threads: int | None):
-        import torch
-
         self.torch = torch
         self.device = torch.device(device)
         self.threads = threads
@@ -353,8 +356,6 @@ class DepthTeacher:
 
     def _prepare(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """uint8 (H,W,3) -> float32 (3,h,w) normalised as the network expects."""
-        from PIL import Image
-
         if image.shape[:2] != size:
             image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
         s = self.settings
@@ -386,8 +387,6 @@ class DepthTeacher:
 
     def _finish(self, raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Raw map -> depth at `shape` in the teacher's unit (relative: [MIN_RELATIVE, 1]; 0 = unknown)."""
-        from PIL import Image
-
         if raw.shape != shape:
             raw = np.asarray(Image.fromarray(np.ascontiguousarray(raw), "F").resize((shape[1], shape[0]),
                                                                                    Image.BILINEAR))

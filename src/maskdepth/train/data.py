@@ -43,7 +43,7 @@ class TrainData:
         self.channels_last = place.device.type == "cuda" and config.train.channels_last
         self.dataset = None
         if d.dir:
-            from maskdepth.data.shards import DatasetDir
+            from maskdepth.data.format import DatasetDir
 
             self.dataset = DatasetDir(d.dir)
         self.generator = None
@@ -60,7 +60,7 @@ class TrainData:
         if self.dataset is not None:
             self.depth_scale = self.dataset.depth_scale
         else:
-            from maskdepth.data.make import DEPTH_SCALE  # what `data make` would store for these scenes
+            from maskdepth.data.format import DEPTH_SCALE  # what `data make` would store for these scenes
 
             self.depth_scale = DEPTH_SCALE
         self._held_out: list[Batch] | None = None
