@@ -27,21 +27,6 @@ SIZES = ((192, 192), (480, 640), (1080, 1920))
 BATCH_SIZES = (1, 8)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' or 'N' (square) -> (H, W)."""
-    from maskdepth.errors import UserError
-
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise UserError(f"size '{text}': expected HxW such as 480x640, or one number for a square")
-    return parts[0], parts[1]
-
-
 def time_calls(fn: Callable[[], Any], sync: Callable[[], None], warmup: int, iters: int,
                max_s: float) -> list[float]:
     """Seconds per call over up to `iters` calls (at least 3), stopping early once `max_s` have been spent."""

@@ -99,26 +99,12 @@ def _teacher_settings(args) -> dict:
     return given
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    from maskdepth.errors import UserError
-
-    parts = str(text).lower().split("x")
-    try:
-        hw = [int(x) for x in parts]
-    except ValueError:
-        hw = []
-    if len(hw) == 1:
-        hw *= 2
-    if len(hw) != 2:
-        raise UserError(f"--size {text}: give one side (192) or HxW (192x256)")
-    return hw[0], hw[1]
-
-
 def _make(args) -> int:
     import sys
 
     from maskdepth.data.make import PRESETS, MakeConfig, make_dataset
     from maskdepth.errors import UserError
+    from maskdepth.sizes import parse_size
 
     given = {"backgrounds": args.backgrounds, "foregrounds": args.foregrounds, "per_pair": args.per_pair,
              "size": parse_size(args.size) if args.size else None, "horizon": args.horizon}
