@@ -60,7 +60,7 @@ def test_config_round_trips_through_toml_and_overrides_apply(tmp_path):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["optim.lr=fast"], "expected float"),
+    (["optim.lr=fast"], "expected a number"),
     (["nosuch.key=1"], "unknown section"),
     (["train.bogus=1"], "unknown key [train] bogus"),
     (["train.epochs=0"], "epochs"),
