@@ -52,3 +52,24 @@ def test_unions_with_none_and_open_tuples():
     assert _fits([1, 2, 3], tuple[int, ...]) and not _fits([1, "2"], tuple[int, ...])
     assert _fits([[1, None]], list[list[int | None]]) and not _fits([[1, "a"]], list[list[int | None]])
     assert _describe(tuple[int, str]) == "a list of an integer, a string"
+
+
+def test_shipped_configs_are_found_by_name_and_paths_still_work(tmp_path):
+    from maskdepth.train.config import find_config, shipped_configs
+
+    names = shipped_configs()
+    assert {"cpu-quick", "gpu", "finetune", "default-weights"} <= set(names)
+    for name in names:
+        assert load_config(name, ["data.dir=x"]) == load_config(f"{name}.toml", ["data.dir=x"])
+    assert find_config("configs/cpu-quick.toml") == find_config("cpu-quick")  # the repository's former path
+    mine = tmp_path / "cpu-quick.toml"
+    mine.write_text("[train]\nepochs = 7\n")
+    assert load_config(mine, ["data.dir=x"]).train.epochs == 7  # a file is taken before a shipped name
+
+
+def test_an_unknown_config_name_is_one_line_listing_the_shipped_ones(tmp_path):
+    with pytest.raises(UserError, match=r"^nosuch: no such config file .* cpu-quick, ") as e:
+        load_config("nosuch")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")

@@ -82,7 +82,7 @@ def test_bad_config_file_names_the_file(tmp_path):
 
 
 def test_example_configs_load():
-    for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.toml")):
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("src/maskdepth/configs").glob("*.toml")):
         load_config(path)
 
 

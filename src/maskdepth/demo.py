@@ -75,7 +75,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(
                      "train.epochs": 1, "train.batch_size": cfg.batch_size, "optim.lr": cfg.lr,
                      "schedule.name": "cosine", "train.log_every": 10, "train.device": "auto",
                      "train.checkpoint_every": cfg.steps,
-                     # as configs/finetune.toml: a few rooms and small batches must not re-estimate BatchNorm
+                     # as the shipped config finetune.toml: a few rooms and small batches must not re-estimate BatchNorm
                      "train.freeze_bn": default is not None}
         train(load_config(None, overrides=overrides), out / "run", force=True)
     with clock():

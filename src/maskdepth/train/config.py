@@ -14,6 +14,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,7 @@ class Config:
 
 
 SECTIONS = {f.name: f for f in fields(Config)}
+SHIPPED_CONFIGS = resources.files("maskdepth") / "configs"
 
 
 def _positive(section: str, key: str, value: float) -> None:
@@ -178,6 +180,24 @@ def _positive(section: str, key: str, value: float) -> None:
 def _non_negative(section: str, key: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise UserError(f"[{section}] {key} = {value!r}: give a number >= 0")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in the package (maskdepth/configs/NAME.toml), for `--config NAME`."""
+    return sorted(p.name[: -len(".toml")] for p in SHIPPED_CONFIGS.iterdir() if p.name.endswith(".toml"))
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A config file: `name` itself when it is a file, else the shipped config of that name ("cpu-quick",
+    "cpu-quick.toml", or the repository's former "configs/cpu-quick.toml")."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    stem = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
+    if p.parent in (Path("."), Path("configs")) and stem in shipped_configs():
+        return Path(str(SHIPPED_CONFIGS / f"{stem}.toml"))
+    raise UserError(f"{p}: no such config file and no shipped config of that name; give a TOML file or one of "
+                    f"{', '.join(shipped_configs())}")
 
 
 def parse_set(item: str) -> tuple[str, str, Any]:
@@ -200,9 +220,7 @@ def load_config(path: str | os.PathLike | None = None, sets: list[str] | tuple[s
     ({"section.key": value}, the CLI's short flags), then validate. Bad keys or values raise UserError."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: config file not found; give a TOML file like configs/cpu-quick.toml")
+        p = find_config(path)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
