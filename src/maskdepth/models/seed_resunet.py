@@ -29,7 +29,7 @@ from torch import nn
 from maskdepth.errors import UserError
 from maskdepth.fileio import require_file
 from maskdepth.models.base import MaskDepthNet
-from maskdepth.models.blocks import BasicBlock, conv_bn_relu
+from maskdepth.models.blocks import BasicBlock, ConvNormAct
 from maskdepth.models.registry import register
 
 
@@ -62,8 +62,8 @@ class _UpUnit(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.reduce = conv_bn_relu(cin, cout)
-        self.fuse = conv_bn_relu(cout, cout)
+        self.reduce = ConvNormAct(cin, cout)
+        self.fuse = ConvNormAct(cout, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(self.reduce(x), scale_factor=2, mode="bilinear", align_corners=False)
@@ -74,7 +74,7 @@ class _Decoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.units = nn.ModuleList([_UpUnit(512, 256), _UpUnit(256, 128), _UpUnit(128, 64), _UpUnit(64, 64)])
-        self.head = nn.Sequential(conv_bn_relu(64, 32), nn.Conv2d(32, 1, 3, padding=1))
+        self.head = nn.Sequential(ConvNormAct(64, 32), nn.Conv2d(32, 1, 3, padding=1))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
@@ -136,6 +136,7 @@ def load_encoder_weights(encoder: ResNet18Encoder, path: str | os.PathLike) -> N
 
 
 @register("seed-resunet", "seed 002: ResNet18-encoder UNet, separate mask and depth decoders, bilinear "
-                          "upsampling; encoder_weights=PATH loads your ResNet18 weights")
+                          "upsampling; encoder_weights=PATH loads your ResNet18 weights",
+          init_only=("encoder_weights",))
 def seed_resunet(depth_max: float = 10.0, encoder_weights: str | None = None) -> SeedResUNet:
     return SeedResUNet(depth_max, encoder_weights)
