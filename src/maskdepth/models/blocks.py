@@ -22,7 +22,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 class ConvNormAct(nn.Sequential):
     """k x k convolution (no bias: the norm has one), norm, ReLU; 'same' padding for odd k. `act=False` leaves the
-    ReLU out; `act_first` puts it between conv and norm (seed 003's order)."""
+    ReLU out; `act_first` puts it between conv and norm (seed preset 003's order)."""
 
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, norm: str = "batch",
                  act: bool = True, act_first: bool = False):

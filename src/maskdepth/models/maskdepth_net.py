@@ -1,7 +1,7 @@
-"""The default network (`maskdepth`, alias `default`), built to beat the seed baselines on quality and speed.
+"""The default network (`maskdepth`, alias `default`), built to beat the seed presets on quality and speed.
 
 - Early fusion: bg, image, their difference and its magnitude (12 channels) enter one encoder, so the very first
-  convolution already compares the two captures (the seeds fuse after separate branches or not at all).
+  convolution already compares the two captures (the seed presets fuse after separate branches or not at all).
 - Most compute at low resolution: a patch stem (a linear 4x4 stride-4 conv, i.e. a learned space-to-depth, then a
   3x3 conv) goes straight to 1/4, then residual stages at 1/4, 1/8, 1/16, 1/32 (for four `depths`). A strided conv
   rather than pixel-unshuffle: ONNX Runtime runs the 6-D transpose of an unshuffle slower than the whole stem conv.
@@ -24,7 +24,7 @@ first designs, on in `maskdepth-siamese`):
   |image(x) - bg(x + d)|, computed at 1/2 resolution (so r covers 2r px), as one more input of the stem: what
   a nudged camera changes can be explained by a small shift of bg, a foreground cannot.
 Both start out as no-ops on the first design's function (the zero scale, and zero weights for the stem's new
-input when grown from a checkpoint, `model.init_mode = "matching"`), so the first design's weights can seed them.
+input when grown from a checkpoint, `model.init_mode = "matching"`), so the first design's weights can initialise them.
 
 Norm: BatchNorm by default (fast, folds into the conv for inference; in eval mode it does not depend on the batch,
 so batch-1 prediction is exact; under DDP convert with SyncBatchNorm when per-GPU batches are tiny), or

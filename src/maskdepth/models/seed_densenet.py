@@ -1,4 +1,4 @@
-"""`seed-densenet`: seed 001, a full-resolution "dense" CNN without downsampling (1,977,280 parameters).
+"""`seed-densenet`: seed preset 001, a full-resolution "dense" CNN without downsampling (1,977,280 parameters).
 
 The document gives: 1,977,280 parameters, no pretrained model, bg and fg_bg as inputs, two outputs (mask with
 BCE, depth with SSIM; loss = 2 * mask loss + depth loss), and links its net.py, whose layers we rebuild:
@@ -11,7 +11,7 @@ The document lists the Siamese branch as output 1 (the mask, BCE) and the trunk 
 
 Inferred: the original output convs have 3 channels (the targets were then made grayscale); ours have 1, the
 outputs being 1-channel maps: 1,968,064 parameters (-0.47%). Everything runs at full resolution, as in the
-original, which makes this the most expensive seed per pixel.
+original, which makes this the most expensive seed preset per pixel.
 """
 
 from __future__ import annotations
@@ -52,6 +52,6 @@ class SeedDenseNet(MaskDepthNet):
         return mask, depth
 
 
-@register("seed-densenet", "seed 001: full-resolution CNN, residual trunk for depth, Siamese branch for mask")
+@register("seed-densenet", "seed preset 001: full-resolution CNN, residual trunk for depth, Siamese branch for mask")
 def seed_densenet(depth_max: float = 10.0) -> SeedDenseNet:
     return SeedDenseNet(depth_max)

@@ -1,4 +1,4 @@
-"""`seed-dilated-pixelshuffle`: seed 003, dilated-conv encoder, pointwise conv + pixel-shuffle decoders
+"""`seed-dilated-pixelshuffle`: seed preset 003, dilated-conv encoder, pointwise conv + pixel-shuffle decoders
 (5,230,720 parameters).
 
 The document gives: 5,230,720 parameters; 4 encoder blocks, each a 3x3 conv and a 3x3 dilated conv whose outputs
@@ -61,7 +61,7 @@ class SeedDilatedPixelShuffle(MaskDepthNet):
         return self.mask_decoder(x), self.depth_decoder(x)
 
 
-@register("seed-dilated-pixelshuffle", "seed 003: normal + dilated conv encoder to 1/16, pointwise conv + "
+@register("seed-dilated-pixelshuffle", "seed preset 003: normal + dilated conv encoder to 1/16, pointwise conv + "
                                        "pixel-shuffle decoders")
 def seed_dilated_pixelshuffle(depth_max: float = 10.0) -> SeedDilatedPixelShuffle:
     return SeedDilatedPixelShuffle(depth_max)

@@ -1,4 +1,4 @@
-"""`seed-resnet-twobranch`: seed 000, a two-branch ResNet with transposed-conv heads (3,199,552 parameters).
+"""`seed-resnet-twobranch`: seed preset 000, a two-branch ResNet with transposed-conv heads (3,199,552 parameters).
 
 The document gives: 3,199,552 parameters, "based on RESNET architecture", trained at 64x64, and this table:
 image prep 3->32, background prep 3->32; ResNet block 1 (image) 32->64, ResNet block 2 (image) 64->128;
@@ -68,7 +68,7 @@ class SeedResNetTwoBranch(MaskDepthNet):
         return self.mask_head(x), self.depth_head(x)
 
 
-@register("seed-resnet-twobranch", "seed 000: image ResNet branch + background conv branch, concat at 1/4, "
+@register("seed-resnet-twobranch", "seed preset 000: image ResNet branch + background conv branch, concat at 1/4, "
                                    "transposed-conv heads")
 def seed_resnet_twobranch(depth_max: float = 10.0) -> SeedResNetTwoBranch:
     return SeedResNetTwoBranch(depth_max)

@@ -1,4 +1,4 @@
-"""`seed-resunet`: seed 002, a ResNet18-encoder UNet with separate mask and depth decoders (~16M parameters).
+"""`seed-resunet`: seed preset 002, a ResNet18-encoder UNet with separate mask and depth decoders (~16M parameters).
 
 The document gives: "Pre-trained ResNet18 with first and last layer removed" as the encoder; two decoder branches
 (mask, depth), each "[2, 2, 2, 2] block similar to ResNet18", each block with a skip connection to the
@@ -135,7 +135,7 @@ def load_encoder_weights(encoder: ResNet18Encoder, path: str | os.PathLike) -> N
     encoder.load_state_dict({k: clean[k] for k in own})
 
 
-@register("seed-resunet", "seed 002: ResNet18-encoder UNet, separate mask and depth decoders, bilinear "
+@register("seed-resunet", "seed preset 002: ResNet18-encoder UNet, separate mask and depth decoders, bilinear "
                           "upsampling; encoder_weights=PATH loads your ResNet18 weights",
           init_only=("encoder_weights",))
 def seed_resunet(depth_max: float = 10.0, encoder_weights: str | None = None) -> SeedResUNet:

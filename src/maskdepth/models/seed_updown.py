@@ -1,4 +1,4 @@
-"""`seed-updown`: seed 004, a down/up-sampling (UNet) depth network beside a simple mask network
+"""`seed-updown`: seed preset 004, a down/up-sampling (UNet) depth network beside a simple mask network
 (3,631,616 parameters).
 
 The document gives: 3,631,616 parameters in one architecture with two outputs; "Upsampling and Downsampling model
@@ -52,6 +52,6 @@ class SeedUpDown(MaskDepthNet):
         return mask, self.depth_out(x)
 
 
-@register("seed-updown", "seed 004: UNet (down/up-sampling) for depth beside a plain full-resolution CNN for mask")
+@register("seed-updown", "seed preset 004: UNet (down/up-sampling) for depth beside a plain full-resolution CNN for mask")
 def seed_updown(depth_max: float = 10.0) -> SeedUpDown:
     return SeedUpDown(depth_max)
