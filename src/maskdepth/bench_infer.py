@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdepth.export import export_onnx
+from maskdepth.predict import resolve_device
 from maskdepth.progress import Progress
 
 BACKENDS = ("eager", "compile", "onnx")
@@ -56,7 +58,6 @@ def bench_infer(model: torch.nn.Module, sizes: list[tuple[int, int]] | tuple = S
                 iters: int = 20, max_s: float = 5.0, progress: bool = True) -> dict[str, Any]:
     """Time `model` (forward(bg, image)) for every backend x size x batch size. bf16 autocast (None: on CUDA)
     applies to eager and compile; ONNX Runtime runs the fp32 graph."""
-    from maskdepth.predict import resolve_device
 
     dev = resolve_device(device)
     bf16 = dev.type == "cuda" if bf16 is None else bf16
@@ -134,7 +135,6 @@ def _onnx_runner(model: torch.nn.Module, path: Path, dev: torch.device, report: 
     except ImportError:
         report["skipped"]["onnx"] = "onnxruntime is not installed (pip install maskdepth[onnx])"
         return None
-    from maskdepth.export import export_onnx
 
     provider = "CUDAExecutionProvider" if dev.type == "cuda" else "CPUExecutionProvider"
     if provider not in ort.get_available_providers():

@@ -13,8 +13,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from maskdepth.errors import UserError
 
 # Larger images are refused before decoding (decompression bombs); 64 Mpx is well above any camera frame we need.
@@ -275,10 +273,3 @@ def _open_checked(source, name: str, max_pixels: int | None, what_to_do: str):
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name}: cannot read image ({e}); {what_to_do}") from None
     return img
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """(H,W,3) uint8 from any image file (grayscale, RGBA and 16-bit are converted)."""
-    from maskdepth.codecs import to_rgb_uint8
-
-    return to_rgb_uint8(open_image(path))

@@ -24,6 +24,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from maskdepth.errors import UserError
@@ -104,8 +105,6 @@ def load_encoder_weights(encoder: ResNet18Encoder, path: str | os.PathLike) -> N
     path = require_file(path, "encoder weights file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -23,8 +23,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
+from maskdepth.data.augment import AugmentConfig
+from maskdepth.data.capture import CaptureConfig
 from maskdepth.errors import UserError
 from maskdepth.losses import LossWeights
+from maskdepth.metrics import METRIC_NAMES
 
 
 @dataclass
@@ -144,7 +147,6 @@ class TrainConfig:
             _positive("train", name, getattr(self, name))
         for name in ("steps", "epoch_steps", "eval_every", "checkpoint_every", "samples", "time_budget_s"):
             _non_negative("train", name, getattr(self, name))
-        from maskdepth.metrics import METRIC_NAMES
 
         if self.best_metric != "loss" and self.best_metric not in METRIC_NAMES:
             raise UserError(f"[train] best_metric = {self.best_metric!r}: use \"loss\" or a metric name "
@@ -261,9 +263,6 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def _section_class(f: dataclasses.Field) -> type:
-    from maskdepth.data.augment import AugmentConfig
-    from maskdepth.data.capture import CaptureConfig
-
     return {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
             "train": TrainConfig, "loss": LossWeights, "augment": AugmentConfig, "capture": CaptureConfig}[f.name]
 
