@@ -89,8 +89,8 @@ def _training_summary(run: Path, run_info: dict) -> dict:
     return out
 
 
-def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "configs/default-weights.toml",
-            command: str = "maskdepth train --config configs/default-weights.toml --out runs/default-weights",
+def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "default-weights",
+            command: str = "maskdepth train --config default-weights --out runs/default-weights",
             real: bool = True) -> dict:
     """Write `out_dir`/default.safetensors and its card default.json; return the card."""
     from maskdepth import __version__
@@ -142,8 +142,9 @@ def main() -> int:
     ap.add_argument("--run", type=Path, help="the run folder (default: the checkpoint's folder)")
     ap.add_argument("--out-dir", type=Path, default=WEIGHTS, help="where the weights and card go (default: the "
                                                                    "package's weights folder)")
-    ap.add_argument("--config", default="configs/default-weights.toml", help="the recipe's config, for the card")
-    ap.add_argument("--command", default="maskdepth train --config configs/default-weights.toml --out "
+    ap.add_argument("--config", default="default-weights",
+                    help="the recipe's config (a shipped config's name), for the card")
+    ap.add_argument("--command", default="maskdepth train --config default-weights --out "
                                          "runs/default-weights", help="the recipe's command, for the card")
     ap.add_argument("--no-real", action="store_true", help="skip the real-photo benchmark")
     args = ap.parse_args()

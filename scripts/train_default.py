@@ -1,7 +1,7 @@
 """Train the default weights for a fixed number of minutes on the on-the-fly generator, then package and evaluate
 them: one call, for a machine with a GPU.
 
-    python scripts/train_default.py --minutes 10                 # configs/default-weights-gpu.toml on CUDA
+    python scripts/train_default.py --minutes 10                 # the shipped default-weights-gpu on CUDA
     python scripts/train_default.py --tiny                       # dry run on the CPU: tiny settings, minutes,
                                                                  # weights and card into a temporary folder
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = "configs/default-weights-gpu.toml"
+CONFIG = "default-weights-gpu"  # a shipped config's name, or a TOML file
 TINY = {"data.size": 32, "data.gen_backgrounds": 4, "data.gen_cutouts": 4, "data.gen_eval_batches": 1,
         "train.batch_size": 4, "train.resize": [[24, 1], [32, 1]], "train.compile": False,
         "train.checkpoint_every": 0, "train.log_every": 5, "train.samples": 2}
@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--force", action="store_true", help="replace an existing run folder")
     args = ap.parse_args()
     minutes = 0.5 if args.tiny else args.minutes
-    config = load_config(ROOT / args.config, args.set, TINY if args.tiny else None)
+    config = load_config(args.config, args.set, TINY if args.tiny else None)
     device = resolve_device(args.device if not args.tiny else "cpu")
     epochs = sum(s[1] for s in config.train.resize) if config.train.resize else config.train.epochs
     if args.steps:
@@ -71,7 +71,7 @@ def main() -> int:
     else:
         rate = step_rate(config, device) * 0.85  # the data and the bookkeeping cost a little beside the step
         steps, how = max(epochs, int(rate * minutes * 60)), f"{rate:.2f} steps/s measured"
-    config = load_config(ROOT / args.config, args.set, {
+    config = load_config(args.config, args.set, {
         **(TINY if args.tiny else {}), "train.device": str(device), "train.steps": steps,
         "train.epoch_steps": -(-steps // epochs), "train.time_budget_s": minutes * 60})
     print(f"train_default: {config.model.name}, {steps} steps ({how}) in at most {minutes:g} min on {device}",

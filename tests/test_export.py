@@ -10,12 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from maskdepth.bench_infer import bench_infer, parse_size
+from maskdepth.bench_infer import bench_infer
 from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main
 from maskdepth.errors import UserError
 from maskdepth.export import EXPORT_SIZE, check_parity, export_checkpoint, export_onnx, scene_pair
 from maskdepth.models import create_model
+from maskdepth.sizes import parse_size
 
 HEADER = {"train_size": [48, 48], "depth": {"unit": "m", "scale": 0.001, "max": 10.0}}
 

@@ -129,3 +129,17 @@ def test_bad_video_inputs_are_one_line(ckpt, clip, tmp_path, capsys):
     assert code == 2 and "missing.mp4: video not found" in err
     code, err = run(capsys, "--ckpt", ckpt, "--bg", bg, "--image", bg, "--out", tmp_path / "e", "--depth-frames")
     assert code == 2 and "go with --video" in err
+
+
+def test_force_replaces_the_depth_frames_by_the_one_rule(ckpt, clip, tmp_path, capsys):
+    bg, video = clip
+    out = tmp_path / "out"
+    (out / "depth").mkdir(parents=True)
+    (out / "depth" / "999999.png").write_bytes(b"an earlier, longer clip's frame")
+    code, err = run(capsys, "--ckpt", ckpt, "--bg", bg, "--video", video, "--out", out, "--depth-frames", "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "depth").iterdir()) == [f"{i:06d}.png" for i in range(FRAMES)]
+    (out / "depth" / "notes.txt").write_text("mine")
+    code, err = run(capsys, "--ckpt", ckpt, "--bg", bg, "--video", video, "--out", out, "--depth-frames", "--force")
+    assert code == 2 and "not depth frames" in err and "\n" not in err
+    assert (out / "depth" / "notes.txt").read_text() == "mine"

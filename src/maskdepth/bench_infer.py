@@ -20,26 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdepth.export import export_onnx
+from maskdepth.predict import resolve_device
 from maskdepth.progress import Progress
 
 BACKENDS = ("eager", "compile", "onnx")
 SIZES = ((192, 192), (480, 640), (1080, 1920))
 BATCH_SIZES = (1, 8)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' or 'N' (square) -> (H, W)."""
-    from maskdepth.errors import UserError
-
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise UserError(f"size '{text}': expected HxW such as 480x640, or one number for a square")
-    return parts[0], parts[1]
 
 
 def time_calls(fn: Callable[[], Any], sync: Callable[[], None], warmup: int, iters: int,
@@ -71,7 +58,6 @@ def bench_infer(model: torch.nn.Module, sizes: list[tuple[int, int]] | tuple = S
                 iters: int = 20, max_s: float = 5.0, progress: bool = True) -> dict[str, Any]:
     """Time `model` (forward(bg, image)) for every backend x size x batch size. bf16 autocast (None: on CUDA)
     applies to eager and compile; ONNX Runtime runs the fp32 graph."""
-    from maskdepth.predict import resolve_device
 
     dev = resolve_device(device)
     bf16 = dev.type == "cuda" if bf16 is None else bf16
@@ -149,7 +135,6 @@ def _onnx_runner(model: torch.nn.Module, path: Path, dev: torch.device, report: 
     except ImportError:
         report["skipped"]["onnx"] = "onnxruntime is not installed (pip install maskdepth[onnx])"
         return None
-    from maskdepth.export import export_onnx
 
     provider = "CUDAExecutionProvider" if dev.type == "cuda" else "CPUExecutionProvider"
     if provider not in ort.get_available_providers():

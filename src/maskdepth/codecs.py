@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -10,7 +11,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from maskdepth.fileio import MAX_IMAGE_PIXELS
+from maskdepth.fileio import MAX_IMAGE_PIXELS, open_image
 
 # zlib level 1: depth and mask PNGs stay lossless; higher levels cost several times the time for ~10% less space.
 PNG_LEVEL = 1
@@ -89,6 +90,11 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """(H,W,3) uint8 from any image file (grayscale, RGBA and 16-bit are converted), read with fileio's checks."""
+    return to_rgb_uint8(open_image(path))
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

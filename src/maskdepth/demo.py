@@ -6,18 +6,32 @@ predict held-out pairs from files -> curves -> report.html. Every step uses the 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maskdepth import __version__
+from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb, encode_png
+from maskdepth.data.make import MakeConfig, make_dataset
+from maskdepth.data.format import DatasetDir
+from maskdepth.data.shards import iter_shard
 from maskdepth.errors import UserError
-from maskdepth.fileio import OutputKind
+from maskdepth.evaluate import evaluate_checkpoint
+from maskdepth.fileio import OutputKind, atomic_write_bytes, atomic_write_text, prepare_output_dir
+from maskdepth.metrics import METRIC_NAMES
+from maskdepth.plot import plot_run
+from maskdepth.predict import DEFAULT_WEIGHTS, load_model, save_prediction
+from maskdepth.train.config import load_config
+from maskdepth.train.loop import train
+from maskdepth.viz import colorize_depth
 
 MARKER = "demo.json"
 # what the demo writes: its marker and report, and the dataset, run and prediction folders it makes
@@ -44,12 +58,6 @@ class DemoConfig:
 def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(),
              workers: int | None = None) -> Path:
     """Run every step into `out` and return the path of report.html."""
-    from maskdepth.data.make import MakeConfig, make_dataset
-    from maskdepth.evaluate import evaluate_checkpoint
-    from maskdepth.plot import plot_run
-    from maskdepth.predict import DEFAULT_WEIGHTS
-    from maskdepth.train.config import load_config
-    from maskdepth.train.loop import train
 
     out = _prepare(Path(out))
     workers = workers or min(2, os.cpu_count() or 1)
@@ -75,7 +83,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(
                      "train.epochs": 1, "train.batch_size": cfg.batch_size, "optim.lr": cfg.lr,
                      "schedule.name": "cosine", "train.log_every": 10, "train.device": "auto",
                      "train.checkpoint_every": cfg.steps,
-                     # as configs/finetune.toml: a few rooms and small batches must not re-estimate BatchNorm
+                     # as the shipped config finetune.toml: a few rooms and small batches must not re-estimate BatchNorm
                      "train.freeze_bn": default is not None}
         train(load_config(None, overrides=overrides), out / "run", force=True)
     with clock():
@@ -97,8 +105,6 @@ class _Steps:
         self.names, self.timings, self.i = names, timings, 0
 
     def __call__(self):
-        import contextlib
-
         @contextlib.contextmanager
         def step():
             name = self.names[self.i]
@@ -114,7 +120,6 @@ class _Steps:
 
 def _prepare(out: Path) -> Path:
     """A folder holding an earlier demo is replaced (only what the demo wrote); anything else is refused."""
-    from maskdepth.fileio import atomic_write_text, prepare_output_dir
 
     out = prepare_output_dir(out, DEMO_OUTPUT, force=True)
     atomic_write_text(out / MARKER, json.dumps({"what": "maskdepth demo output; rerunning the demo replaces "
@@ -123,8 +128,6 @@ def _prepare(out: Path) -> Path:
 
 
 def _packaged(relative: str) -> Path | None:
-    from importlib.resources import files
-
     p = files("maskdepth").joinpath(relative)
     return Path(str(p)) if p.is_file() else None
 
@@ -132,12 +135,6 @@ def _packaged(relative: str) -> Path | None:
 def _predict_pairs(out: Path, ckpt: Path, n: int) -> list[dict[str, str]]:
     """Write `n` held-out (bg, image) pairs as ordinary files, predict them through the file API, and keep the
     pictures the report shows."""
-    from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb, encode_png
-    from maskdepth.data.format import DatasetDir
-    from maskdepth.data.shards import iter_shard
-    from maskdepth.fileio import atomic_write_bytes
-    from maskdepth.predict import load_model, save_prediction
-    from maskdepth.viz import colorize_depth
 
     ds = DatasetDir(out / "data")
     predictor = load_model(ckpt)
@@ -172,11 +169,6 @@ def _first_samples(ds, n: int, iter_shard):
 
 def _write_report(out: Path, cfg: DemoConfig, before: dict[str, Any] | None, after: dict[str, Any],
                   pairs: list[dict[str, str]], curves: Path, timings: dict[str, float]) -> Path:
-    from maskdepth import __version__
-    from maskdepth.data.format import DatasetDir
-    from maskdepth.fileio import atomic_write_text
-    from maskdepth.metrics import METRIC_NAMES
-
     ds = DatasetDir(out / "data")
     esc = html.escape
     cols = ["default weights", "fine-tuned"] if before else ["trained"]

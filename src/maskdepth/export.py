@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdepth.checkpoint import load_model_from_checkpoint
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path
 
@@ -122,7 +123,6 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bo
                       size: tuple[int, int] = EXPORT_SIZE, opset: int = OPSET, check: bool = True,
                       atol: float = ATOL) -> dict[str, Any]:
     """`maskdepth export`: checkpoint -> ONNX file. Refuses to replace an existing file unless `force`."""
-    from maskdepth.checkpoint import load_model_from_checkpoint
 
     out = Path(out)
     if ckpt is not None and out.exists() and out.resolve() == Path(ckpt).resolve():

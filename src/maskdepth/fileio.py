@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import io
 import os
 import stat
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from PIL import Image
 
 from maskdepth.errors import UserError
 
@@ -242,16 +244,10 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = None):
 
 def open_image_bytes(data: bytes, name: str, max_pixels: int | None = None):
     """`open_image` for an image held in memory (an upload); `name` is what error messages call it."""
-    import io
-
     return _open_checked(io.BytesIO(data), name, max_pixels, "send a complete PNG or JPEG")
 
 
 def _open_checked(source, name: str, max_pixels: int | None, what_to_do: str):
-    import warnings
-
-    from PIL import Image
-
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels  # read now: tests may lower the limit
     try:
         with warnings.catch_warnings():
@@ -275,10 +271,3 @@ def _open_checked(source, name: str, max_pixels: int | None, what_to_do: str):
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name}: cannot read image ({e}); {what_to_do}") from None
     return img
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """(H,W,3) uint8 from any image file (grayscale, RGBA and 16-bit are converted)."""
-    from maskdepth.codecs import to_rgb_uint8
-
-    return to_rgb_uint8(open_image(path))

@@ -11,6 +11,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from maskdepth.errors import UserError
+from maskdepth.train.rundir import read_metrics
+from maskdepth.viz import save_png
 
 PANEL = (360, 220)  # width, height of one panel in pixels
 MARGIN = (52, 22, 10, 24)  # left, top, right, bottom: room for tick labels and the title
@@ -43,7 +48,6 @@ def collect(records: list[dict]) -> dict[str, Series]:
 
 def draw_panel(title: str, series: Series):
     """One line chart: axes with min / max ticks, a polyline per series, the series named in the title."""
-    from PIL import Image, ImageDraw
 
     w, h = PANEL
     left, top, right, bottom = MARGIN
@@ -86,9 +90,6 @@ def draw_panel(title: str, series: Series):
 def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Draw RUN/metrics.jsonl into the PNG file `out` (default RUN/curves.png, the run's own, replaced on each
     call); returns the path written. An existing `out` is replaced only with `force`."""
-    from maskdepth.errors import UserError
-    from maskdepth.train.rundir import read_metrics
-    from maskdepth.viz import save_png
 
     run = Path(run)
     if out is not None:

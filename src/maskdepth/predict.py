@@ -82,8 +82,7 @@ def to_rgb_array(x: ImageInput, what: str = "image") -> np.ndarray:
     """A file path, PIL image or array (gray, RGB, RGBA; uint8, uint16 or float in [0,1]) -> (H,W,3) uint8."""
     from PIL import Image
 
-    from maskdepth.codecs import to_rgb_uint8
-    from maskdepth.fileio import read_rgb
+    from maskdepth.codecs import read_rgb, to_rgb_uint8
 
     if isinstance(x, (str, os.PathLike)):
         return read_rgb(x)

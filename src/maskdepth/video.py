@@ -23,7 +23,14 @@ import numpy as np
 
 from maskdepth.codecs import encode_depth_png
 from maskdepth.errors import UserError
-from maskdepth.fileio import atomic_path, atomic_write_bytes, atomic_write_text, require_file
+from maskdepth.fileio import (
+    OutputKind,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    prepare_output_dir,
+    require_file,
+)
 from maskdepth.predict import OVERLAY_COLOR, Prediction, Predictor, to_rgb_array
 from maskdepth.progress import Progress
 from maskdepth.viz import colorize_depth, overlay
@@ -31,6 +38,8 @@ from maskdepth.viz import colorize_depth, overlay
 VIDEO_FILES = ("mask.mp4", "depth_color.mp4", "overlay.mp4", "video.json")
 ALPHA_WEBM = "foreground.webm"
 DEPTH_FRAMES = "depth"  # folder of 16-bit PNGs, one per frame
+# --force replaces the depth frame folder by the one rule: an earlier clip's frames go, anything else is refused
+DEPTH_FRAMES_OUTPUT = OutputKind("depth frame folder", markers=(), owned=("[0-9][0-9][0-9][0-9][0-9][0-9].png",))
 CODEC = "libx264"
 CRF = "18"  # visually lossless; the mask video's grey levels survive within a few steps
 FALLBACK_RATE = Fraction(25)  # for streams that state no frame rate
@@ -79,6 +88,10 @@ def plan_video_outputs(out: str | os.PathLike, depth_frames: bool, alpha_webm: b
         for name in names:
             if (out / name).exists():
                 raise UserError(f"{out / name}: already exists; pass --force to overwrite, or choose another --out")
+    frames = out / DEPTH_FRAMES
+    if depth_frames and frames.is_dir() and any(frames.iterdir()) and not DEPTH_FRAMES_OUTPUT.is_own(frames):
+        raise UserError(f"{frames}: holds files that are not depth frames; choose another --out (--force never "
+                        "removes files maskdepth did not write)")
     if alpha_webm and not alpha_webm_supported():
         raise UserError("--alpha-webm: this PyAV build has no VP9 encoder with alpha (libvpx-vp9, yuva420p); "
                         "leave --alpha-webm out")
@@ -176,7 +189,7 @@ def predict_video(predictor: Predictor, bg: str | os.PathLike, video: str | os.P
                         "use a bg of the same size, or --resize-bg")
     out.mkdir(parents=True, exist_ok=True)
     if depth_frames:
-        (out / DEPTH_FRAMES).mkdir(exist_ok=True)
+        prepare_output_dir(out / DEPTH_FRAMES, DEPTH_FRAMES_OUTPUT, force=True)  # plan_video_outputs checked
     state: dict = {"decoded": 0}
     count, lo_hi = 0, None
     names = ["mask.mp4", "depth_color.mp4", "overlay.mp4"] + ([ALPHA_WEBM] if alpha_webm else [])

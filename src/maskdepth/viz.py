@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from maskdepth.codecs import encode_png
+from maskdepth.fileio import atomic_write_bytes
 
 # Height of the label strip above a grid's columns, in pixels.
 LABEL_H = 16
@@ -87,8 +91,6 @@ def _tile(x, size: tuple[int, int]) -> np.ndarray:
         a = np.repeat(a[..., None], 3, axis=2)
     a = a[..., :3]
     if a.shape[:2] != size:
-        from PIL import Image
-
         a = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((size[1], size[0]), Image.BILINEAR))
     return a
 
@@ -115,8 +117,6 @@ def make_grid(rows: Sequence[Sequence], labels: Sequence[str] | None = None, pad
             x = pad + j * (tw + pad)
             grid[y:y + th, x:x + tw] = _tile(t, (th, tw))
     if labels:
-        from PIL import Image, ImageDraw
-
         img = Image.fromarray(grid)
         draw = ImageDraw.Draw(img)
         for j, text in enumerate(labels[:ncols]):
@@ -127,7 +127,5 @@ def make_grid(rows: Sequence[Sequence], labels: Sequence[str] | None = None, pad
 
 def save_png(path, picture: np.ndarray) -> None:
     """Write a uint8 picture as PNG atomically."""
-    from maskdepth.codecs import encode_png
-    from maskdepth.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, encode_png(to_uint8(picture)))

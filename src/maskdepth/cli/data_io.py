@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'192' -> (192, 192); '192x256' -> (192, 256) as height x width."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
-    if not m or int(m.group(1)) < 8 or int(m.group(2) or m.group(1)) < 8:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give N or HxW, at least 8 (e.g. 192 or 192x256)")
-    return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 def register(dsub) -> None:
@@ -30,7 +20,7 @@ def register(dsub) -> None:
     p.add_argument("out", metavar="OUT", help="dataset folder to create")
     p.add_argument("--manifest", metavar="CSV", help="CSV with columns bg, fg_bg, mask, depth (paths relative to "
                                                      "SRC) instead of matching by name")
-    p.add_argument("--size", type=parse_size, metavar="N|HxW",
+    p.add_argument("--size", metavar="N|HxW",
                    help="resize everything to this size (default: keep the pictures' own size, which must agree)")
     p.add_argument("--depth-unit", choices=("relative", "metres"), default="relative",
                    help="unit of the depth files: relative (8- or 16-bit, default) or metres (16-bit only, with "
@@ -76,8 +66,10 @@ def register(dsub) -> None:
 
 def _import(args) -> int:
     from maskdepth.data.importer import import_dataset, summary
+    from maskdepth.sizes import parse_size
 
-    report = import_dataset(args.src, args.out, manifest=args.manifest, size=args.size,
+    size = parse_size(args.size, minimum=8) if args.size else None
+    report = import_dataset(args.src, args.out, manifest=args.manifest, size=size,
                             depth_unit=args.depth_unit, depth_scale=args.depth_scale,
                             test_fraction=args.test_fraction, seed=args.seed, shard_size=args.shard_size,
                             quality=args.jpeg_quality, workers=args.workers, force=args.force,

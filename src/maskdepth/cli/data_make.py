@@ -25,7 +25,7 @@ def register(dsub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", metavar="OUT", help="dataset folder to create or resume")
     p.add_argument("--preset", choices=["seed"],
-                   help="seed: the seeds' scale, 100 backgrounds x 100 cutouts x 2 flips x 20 = 400,000 samples "
+                   help="seed: the seed projects' scale, 100 backgrounds x 100 cutouts x 2 flips x 20 = 400,000 samples "
                         "at 192x192 (options given explicitly still win)")
     p.add_argument("--size", metavar="S|HxW", help="image size (default 192)")
     p.add_argument("--backgrounds", type=int, metavar="N", help="procedural rooms (default 20)")
@@ -69,7 +69,7 @@ def _add_photo_arguments(p) -> None:
                         "MODEL.json beside it and the --teacher-* flags")
     g.add_argument("--teacher-mode", choices=["per-background", "per-composite"], default="per-background",
                    help="per-background (default): the teacher sees each photo once and composite depth follows "
-                        "the composition rule; per-composite: it sees every composite (the seeds' way)")
+                        "the composition rule; per-composite: it sees every composite (the seed projects' way)")
     g.add_argument("--teacher-size", metavar="HxW", help="the network's input size (default: the picture's)")
     g.add_argument("--teacher-input", choices=["0-1", "0-255"], help="pixel range before mean/std (default 0-1)")
     g.add_argument("--teacher-mean", metavar="R,G,B", help="normalisation mean (default ImageNet's)")
@@ -99,26 +99,12 @@ def _teacher_settings(args) -> dict:
     return given
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    from maskdepth.errors import UserError
-
-    parts = str(text).lower().split("x")
-    try:
-        hw = [int(x) for x in parts]
-    except ValueError:
-        hw = []
-    if len(hw) == 1:
-        hw *= 2
-    if len(hw) != 2:
-        raise UserError(f"--size {text}: give one side (192) or HxW (192x256)")
-    return hw[0], hw[1]
-
-
 def _make(args) -> int:
     import sys
 
     from maskdepth.data.make import PRESETS, MakeConfig, make_dataset
     from maskdepth.errors import UserError
+    from maskdepth.sizes import parse_size
 
     given = {"backgrounds": args.backgrounds, "foregrounds": args.foregrounds, "per_pair": args.per_pair,
              "size": parse_size(args.size) if args.size else None, "horizon": args.horizon}

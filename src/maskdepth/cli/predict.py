@@ -174,9 +174,10 @@ def run_bench(args) -> int:
     import json
     from pathlib import Path
 
-    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer, format_report, parse_size
+    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer, format_report
     from maskdepth.errors import UserError
     from maskdepth.fileio import atomic_write_text
+    from maskdepth.sizes import parse_size
 
     if args.out and Path(args.out).exists() and not args.force:
         raise UserError(f"{args.out}: already exists; pass --force to replace it or choose another --out")
@@ -188,7 +189,10 @@ def run_bench(args) -> int:
         from maskdepth.predict import load_model
 
         model = load_model(args.ckpt, "cpu").model
-    sizes = [parse_size(s) for s in args.sizes] if args.sizes else ([(64, 64)] if args.quick else list(SIZES))
+    if args.sizes:
+        sizes = [parse_size(s, "--sizes") for s in args.sizes]
+    else:
+        sizes = [(64, 64)] if args.quick else list(SIZES)
     batches = args.batch_sizes or ([1, 2] if args.quick else list(BATCH_SIZES))
     if min(batches) < 1:
         raise UserError("--batch-sizes: each must be at least 1")

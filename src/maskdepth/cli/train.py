@@ -18,11 +18,13 @@ def register(sub) -> None:
         "train", help="train a model (CPU, one GPU, or many GPUs under torchrun)",
         description="Train a model from a TOML config with overrides. Multi-GPU: torchrun --nproc_per_node N "
                     "-m maskdepth train ... (every process gets the same arguments).",
-        epilog="examples: maskdepth train --config configs/cpu-quick.toml --out runs/quick\n"
+        epilog="examples: maskdepth train --config cpu-quick --out runs/quick\n"
                "          maskdepth train --generator procedural --set train.epoch_steps=200 --out runs/gen\n"
                "          maskdepth train --resume runs/quick",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="TOML config (see configs/); defaults for anything unset")
+    p.add_argument("--config", metavar="FILE|NAME",
+                   help="TOML config file, or the name of one shipped with maskdepth (cpu-quick, gpu, finetune, "
+                        "seed-recipe, default-weights, ...); defaults for anything unset")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="sets",
                    help="override one config value (TOML syntax: 1e-3, true, [[64, 2], [128, 1]]); repeatable")
     p.add_argument("--data", metavar="DIR", help="dataset folder (data.dir)")

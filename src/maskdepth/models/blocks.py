@@ -1,17 +1,36 @@
-"""Small building blocks shared by the networks."""
+"""The one block vocabulary of the networks (timm-style): a norm by name, conv-norm-act, the ResNet basic block.
+
+Blocks keep the parameter names the networks had before they shared them (ConvNormAct is a Sequential: conv at
+"0", norm at "1"), so shipped weights and checkpoints load as they are.
+"""
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
+NORMS = ("batch", "group")
 
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    """k x k convolution (no bias: the norm has one), BatchNorm, ReLU; 'same' padding for odd k."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """"batch": BatchNorm2d; "group": GroupNorm with up to 8 groups (batch-independent in training too)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class ConvNormAct(nn.Sequential):
+    """k x k convolution (no bias: the norm has one), norm, ReLU; 'same' padding for odd k. `act=False` leaves the
+    ReLU out; `act_first` puts it between conv and norm (seed preset 003's order)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, norm: str = "batch",
+                 act: bool = True, act_first: bool = False):
+        conv = nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, bias=False)
+        layers = [conv, norm_layer(norm, cout)] + ([nn.ReLU(inplace=True)] if act else [])
+        if act and act_first:
+            layers = [layers[0], layers[2], layers[1]]
+        super().__init__(*layers)
 
 
 class BasicBlock(nn.Module):

@@ -1,7 +1,7 @@
-"""The default network (`maskdepth`, alias `default`), built to beat the seed baselines on quality and speed.
+"""The default network (`maskdepth`, alias `default`), built to beat the seed presets on quality and speed.
 
 - Early fusion: bg, image, their difference and its magnitude (12 channels) enter one encoder, so the very first
-  convolution already compares the two captures (the seeds fuse after separate branches or not at all).
+  convolution already compares the two captures (the seed presets fuse after separate branches or not at all).
 - Most compute at low resolution: a patch stem (a linear 4x4 stride-4 conv, i.e. a learned space-to-depth, then a
   3x3 conv) goes straight to 1/4, then residual stages at 1/4, 1/8, 1/16, 1/32 (for four `depths`). A strided conv
   rather than pixel-unshuffle: ONNX Runtime runs the 6-D transpose of an unshuffle slower than the whole stem conv.
@@ -24,7 +24,7 @@ first designs, on in `maskdepth-siamese`):
   |image(x) - bg(x + d)|, computed at 1/2 resolution (so r covers 2r px), as one more input of the stem: what
   a nudged camera changes can be explained by a small shift of bg, a foreground cannot.
 Both start out as no-ops on the first design's function (the zero scale, and zero weights for the stem's new
-input when grown from a checkpoint, `model.init_mode = "matching"`), so the first design's weights can seed them.
+input when grown from a checkpoint, `model.init_mode = "matching"`), so the first design's weights can initialise them.
 
 Norm: BatchNorm by default (fast, folds into the conv for inference; in eval mode it does not depend on the batch,
 so batch-1 prediction is exact; under DDP convert with SyncBatchNorm when per-GPU batches are tiny), or
@@ -34,7 +34,6 @@ opset 17 exports with dynamic H and W; channels_last and bf16 autocast friendly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -42,29 +41,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdepth.models.base import MaskDepthNet
+from maskdepth.models.blocks import NORMS, ConvNormAct, norm_layer
 from maskdepth.models.registry import register
 
 FUSED_CHANNELS = 12  # bg, image, image - bg, |image - bg|
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    return nn.GroupNorm(math.gcd(8, channels), channels)
-
-
-def _conv_norm_act(cin: int, cout: int, norm: str, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), _norm(norm, cout),
-                         nn.ReLU(inplace=True))
 
 
 class _ResBlock(nn.Module):
     def __init__(self, channels: int, norm: str):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm1 = _norm(norm, channels)
+        self.norm1 = norm_layer(norm, channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm2 = _norm(norm, channels)
+        self.norm2 = norm_layer(norm, channels)
 
     def forward(self, x):
         y = F.relu(self.norm1(self.conv1(x)), inplace=True)
@@ -97,7 +86,7 @@ class MaskDepthModel(MaskDepthNet):
         depths = [int(d) for d in depths]
         if width < 8 or not 1 <= len(depths) <= 5 or min(depths) < 1:
             raise ValueError(f"need width >= 8 and 1-5 stages of >= 1 block, got width={width}, depths={depths}")
-        if norm not in ("batch", "group"):
+        if norm not in NORMS:
             raise ValueError(f"norm must be 'batch' or 'group', got '{norm}'")
         if not 0 <= int(tolerance) <= 4:
             raise ValueError(f"tolerance must be 0-4 (half-resolution pixels), got {tolerance}")
@@ -109,20 +98,20 @@ class MaskDepthModel(MaskDepthNet):
 
         patch = 2 * width  # channels of the learned space-to-depth (an unshuffle would give 12 * 16 = 192)
         self.stem = nn.Sequential(nn.Conv2d(FUSED_CHANNELS + (1 if self.tolerance else 0), patch, 4, stride=4),
-                                  _conv_norm_act(patch, width, norm))
+                                  ConvNormAct(patch, width, norm=norm))
         if self.siamese:
-            self.embed = nn.Sequential(nn.Conv2d(3, patch, 4, stride=4), _conv_norm_act(patch, width, norm))
-            self.merge = nn.Sequential(nn.Conv2d(3 * width, width, 1, bias=False), _norm(norm, width))
+            self.embed = nn.Sequential(nn.Conv2d(3, patch, 4, stride=4), ConvNormAct(patch, width, norm=norm))
+            self.merge = ConvNormAct(3 * width, width, 1, norm=norm, act=False)
             nn.init.zeros_(self.merge[1].weight)
         self.stages = nn.ModuleList()
         for i, (c, d) in enumerate(zip(widths, depths)):
-            down = [_conv_norm_act(widths[i - 1], c, norm, stride=2)] if i else []
+            down = [ConvNormAct(widths[i - 1], c, stride=2, norm=norm)] if i else []
             self.stages.append(nn.Sequential(*down, *(_ResBlock(c, norm) for _ in range(d))))
         self.laterals = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, dec, 1, bias=False), _norm(norm, dec)) for c in widths)
-        self.smooth = nn.ModuleList(_conv_norm_act(dec, dec, norm) for _ in widths[:-1])
-        self.mask_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
-        self.depth_head = nn.Sequential(_conv_norm_act(dec, dec // 2, norm), nn.Conv2d(dec // 2, 1, 1))
+            ConvNormAct(c, dec, 1, norm=norm, act=False) for c in widths)
+        self.smooth = nn.ModuleList(ConvNormAct(dec, dec, norm=norm) for _ in widths[:-1])
+        self.mask_head = nn.Sequential(ConvNormAct(dec, dec // 2, norm=norm), nn.Conv2d(dec // 2, 1, 1))
+        self.depth_head = nn.Sequential(ConvNormAct(dec, dec // 2, norm=norm), nn.Conv2d(dec // 2, 1, 1))
         self.context = nn.Conv2d(widths[-1], widths[-1], 1)
         refine_in = -(-(ref + FUSED_CHANNELS + 2) // 8) * 8
         self.refine_proj = nn.Conv2d(dec, refine_in - FUSED_CHANNELS - 2, 1)
@@ -160,7 +149,7 @@ class MaskDepthModel(MaskDepthNet):
 
 
 @register("maskdepth", "default: early fusion, 1/4 patch stem, residual encoder to 1/32 with global context, "
-                       "bilinear decoder, full-res refinement")
+                       "bilinear decoder, full-res refinement", aliases=("default",))
 def maskdepth(width: int = 32, depths: Sequence[int] = (1, 2, 2, 1), norm: str = "batch",
               depth_max: float = 10.0) -> MaskDepthModel:
     return MaskDepthModel(width, depths, norm, depth_max)

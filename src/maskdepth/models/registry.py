@@ -1,4 +1,6 @@
-"""Model registry: name -> builder. `create_model` records how a model was built so a checkpoint can rebuild it."""
+"""Model registry: name -> builder. `create_model` records how a model was built so a checkpoint can rebuild it.
+
+It knows no model: each model module registers its builder with its own aliases and init-only arguments."""
 
 from __future__ import annotations
 
@@ -9,31 +11,32 @@ from dataclasses import dataclass
 from maskdepth.errors import UserError
 from maskdepth.models.base import MaskDepthNet
 
-# Other names users may type for a registered model.
-ALIASES = {"default": "maskdepth"}
-
-# Builder arguments that only initialise weights (a file path); the checkpoint holds the weights themselves,
-# so they are left out of `model_kwargs` and a rebuild never looks for the file again.
-INIT_ONLY_KWARGS = frozenset({"encoder_weights"})
-
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     builder: Callable[..., MaskDepthNet]
     summary: str
+    # builder arguments that only initialise weights (a file path): the checkpoint holds the weights themselves,
+    # so they are left out of `model_kwargs` and a rebuild never looks for the file again
+    init_only: frozenset[str] = frozenset()
 
 
 _MODELS: dict[str, ModelEntry] = {}
+ALIASES: dict[str, str] = {}  # other names users may type -> the registered name
 
 
-def register(name: str, summary: str) -> Callable[[Callable[..., MaskDepthNet]], Callable[..., MaskDepthNet]]:
-    """Decorator: register `builder` under `name`. Builders take keyword arguments with JSON-able defaults."""
+def register(name: str, summary: str, aliases: tuple[str, ...] = (), init_only: tuple[str, ...] = (),
+             ) -> Callable[[Callable[..., MaskDepthNet]], Callable[..., MaskDepthNet]]:
+    """Decorator: register `builder` under `name` (and `aliases`). Builders take keyword arguments with JSON-able
+    defaults; `init_only` names those that only initialise weights."""
 
     def wrap(builder: Callable[..., MaskDepthNet]) -> Callable[..., MaskDepthNet]:
-        if name in _MODELS or name in ALIASES:
-            raise ValueError(f"model name '{name}' registered twice")
-        _MODELS[name] = ModelEntry(name, builder, summary)
+        for n in (name, *aliases):
+            if n in _MODELS or n in ALIASES:
+                raise ValueError(f"model name '{n}' registered twice")
+        _MODELS[name] = ModelEntry(name, builder, summary, frozenset(init_only))
+        ALIASES.update(dict.fromkeys(aliases, name))
         return builder
 
     return wrap
@@ -72,7 +75,7 @@ def create_model(name: str, **kwargs) -> MaskDepthNet:
     except (ValueError, TypeError) as e:
         raise UserError(f"model '{entry.name}': {e}") from None
     model.model_name = entry.name
-    model.model_kwargs = {k: _jsonable(v) for k, v in bound.arguments.items() if k not in INIT_ONLY_KWARGS}
+    model.model_kwargs = {k: _jsonable(v) for k, v in bound.arguments.items() if k not in entry.init_only}
     return model
 
 

@@ -1,4 +1,4 @@
-"""`seed-densenet`: seed 001, a full-resolution "dense" CNN without downsampling (1,977,280 parameters).
+"""`seed-densenet`: seed preset 001, a full-resolution "dense" CNN without downsampling (1,977,280 parameters).
 
 The document gives: 1,977,280 parameters, no pretrained model, bg and fg_bg as inputs, two outputs (mask with
 BCE, depth with SSIM; loss = 2 * mask loss + depth loss), and links its net.py, whose layers we rebuild:
@@ -11,7 +11,7 @@ The document lists the Siamese branch as output 1 (the mask, BCE) and the trunk 
 
 Inferred: the original output convs have 3 channels (the targets were then made grayscale); ours have 1, the
 outputs being 1-channel maps: 1,968,064 parameters (-0.47%). Everything runs at full resolution, as in the
-original, which makes this the most expensive seed per pixel.
+original, which makes this the most expensive seed preset per pixel.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from maskdepth.models.base import MaskDepthNet
-from maskdepth.models.blocks import conv_bn_relu
+from maskdepth.models.blocks import ConvNormAct
 from maskdepth.models.registry import register
 
 
@@ -29,18 +29,18 @@ class SeedDenseNet(MaskDepthNet):
 
     def __init__(self, depth_max: float = 10.0):
         super().__init__(depth_max)
-        self.trunk_in = nn.Sequential(conv_bn_relu(6, 64), conv_bn_relu(64, 64))
-        self.trunk_res1 = nn.Sequential(conv_bn_relu(64, 64), conv_bn_relu(64, 64))
-        self.trunk_mid = nn.Sequential(conv_bn_relu(64, 128), conv_bn_relu(128, 256))
-        self.trunk_res2 = nn.Sequential(conv_bn_relu(256, 256), nn.Conv2d(256, 256, 3, padding=1, bias=False),
+        self.trunk_in = nn.Sequential(ConvNormAct(6, 64), ConvNormAct(64, 64))
+        self.trunk_res1 = nn.Sequential(ConvNormAct(64, 64), ConvNormAct(64, 64))
+        self.trunk_mid = nn.Sequential(ConvNormAct(64, 128), ConvNormAct(128, 256))
+        self.trunk_res2 = nn.Sequential(ConvNormAct(256, 256), nn.Conv2d(256, 256, 3, padding=1, bias=False),
                                         nn.BatchNorm2d(256))
         self.trunk_out = nn.Conv2d(256, 1, 3, padding=1, bias=False)
         self.siamese = nn.Sequential(
-            conv_bn_relu(3, 32),
+            ConvNormAct(3, 32),
             nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),  # depthwise
-            nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            *ConvNormAct(32, 64, 1),  # pointwise, its layers flat in this Sequential as the original's
         )
-        self.siamese_out = nn.Sequential(conv_bn_relu(128, 256), nn.Conv2d(256, 1, 3, padding=1, bias=False))
+        self.siamese_out = nn.Sequential(ConvNormAct(128, 256), nn.Conv2d(256, 1, 3, padding=1, bias=False))
 
     def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trunk_in(torch.cat([bg, image], dim=1))
@@ -52,6 +52,6 @@ class SeedDenseNet(MaskDepthNet):
         return mask, depth
 
 
-@register("seed-densenet", "seed 001: full-resolution CNN, residual trunk for depth, Siamese branch for mask")
+@register("seed-densenet", "seed preset 001: full-resolution CNN, residual trunk for depth, Siamese branch for mask")
 def seed_densenet(depth_max: float = 10.0) -> SeedDenseNet:
     return SeedDenseNet(depth_max)

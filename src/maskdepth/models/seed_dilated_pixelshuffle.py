@@ -1,4 +1,4 @@
-"""`seed-dilated-pixelshuffle`: seed 003, dilated-conv encoder, pointwise conv + pixel-shuffle decoders
+"""`seed-dilated-pixelshuffle`: seed preset 003, dilated-conv encoder, pointwise conv + pixel-shuffle decoders
 (5,230,720 parameters).
 
 The document gives: 5,230,720 parameters; 4 encoder blocks, each a 3x3 conv and a 3x3 dilated conv whose outputs
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from maskdepth.models.base import MaskDepthNet
-from maskdepth.models.blocks import conv_bn_relu
+from maskdepth.models.blocks import ConvNormAct
 from maskdepth.models.registry import register
 
 
@@ -26,10 +26,8 @@ class _NormalDilated(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.normal = conv_bn_relu(cin, cout)
-        # the original orders this branch conv -> ReLU -> BN
-        self.dilated = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=2, dilation=2, bias=False),
-                                     nn.ReLU(inplace=True), nn.BatchNorm2d(cout))
+        self.normal = ConvNormAct(cin, cout)
+        self.dilated = ConvNormAct(cin, cout, dilation=2, act_first=True)  # the original: conv -> ReLU -> BN
         self.pointwise = nn.Conv2d(2 * cout, cout, 1, bias=False)
 
     def forward(self, x):
@@ -48,8 +46,8 @@ class SeedDilatedPixelShuffle(MaskDepthNet):
 
     def __init__(self, depth_max: float = 10.0):
         super().__init__(depth_max)
-        self.bg_in = conv_bn_relu(3, 32)
-        self.image_in = conv_bn_relu(3, 32)
+        self.bg_in = ConvNormAct(3, 32)
+        self.image_in = ConvNormAct(3, 32)
         self.merge = nn.Conv2d(64, 32, 1, bias=False)
         blocks = []
         for cin, cout in ((32, 64), (64, 128), (128, 256), (256, 512)):
@@ -63,7 +61,7 @@ class SeedDilatedPixelShuffle(MaskDepthNet):
         return self.mask_decoder(x), self.depth_decoder(x)
 
 
-@register("seed-dilated-pixelshuffle", "seed 003: normal + dilated conv encoder to 1/16, pointwise conv + "
+@register("seed-dilated-pixelshuffle", "seed preset 003: normal + dilated conv encoder to 1/16, pointwise conv + "
                                        "pixel-shuffle decoders")
 def seed_dilated_pixelshuffle(depth_max: float = 10.0) -> SeedDilatedPixelShuffle:
     return SeedDilatedPixelShuffle(depth_max)

@@ -1,4 +1,4 @@
-"""`seed-resnet-twobranch`: seed 000, a two-branch ResNet with transposed-conv heads (3,199,552 parameters).
+"""`seed-resnet-twobranch`: seed preset 000, a two-branch ResNet with transposed-conv heads (3,199,552 parameters).
 
 The document gives: 3,199,552 parameters, "based on RESNET architecture", trained at 64x64, and this table:
 image prep 3->32, background prep 3->32; ResNet block 1 (image) 32->64, ResNet block 2 (image) 64->128;
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from maskdepth.models.base import MaskDepthNet
-from maskdepth.models.blocks import conv_bn_relu
+from maskdepth.models.blocks import ConvNormAct
 from maskdepth.models.registry import register
 
 
@@ -34,7 +34,7 @@ class _ResLayer(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.x = _conv_pool_bn_relu(cin, cout)
-        self.r = nn.Sequential(conv_bn_relu(cout, cout), conv_bn_relu(cout, cout))
+        self.r = nn.Sequential(ConvNormAct(cout, cout), ConvNormAct(cout, cout))
 
     def forward(self, x):
         x = self.x(x)
@@ -47,8 +47,8 @@ def _up(cin: int, cout: int) -> nn.Sequential:
 
 
 def _head() -> nn.Sequential:
-    return nn.Sequential(conv_bn_relu(256, 256), _up(256, 128), _up(128, 64), conv_bn_relu(64, 64),
-                         conv_bn_relu(64, 64), nn.Conv2d(64, 1, 3, padding=1))
+    return nn.Sequential(ConvNormAct(256, 256), _up(256, 128), _up(128, 64), ConvNormAct(64, 64),
+                         ConvNormAct(64, 64), nn.Conv2d(64, 1, 3, padding=1))
 
 
 class SeedResNetTwoBranch(MaskDepthNet):
@@ -56,8 +56,8 @@ class SeedResNetTwoBranch(MaskDepthNet):
 
     def __init__(self, depth_max: float = 10.0):
         super().__init__(depth_max)
-        self.image_prep = conv_bn_relu(3, 32)
-        self.bg_prep = conv_bn_relu(3, 32)
+        self.image_prep = ConvNormAct(3, 32)
+        self.bg_prep = ConvNormAct(3, 32)
         self.image_blocks = nn.Sequential(_ResLayer(32, 64), _ResLayer(64, 128))
         self.bg_blocks = nn.Sequential(_conv_pool_bn_relu(32, 64), _conv_pool_bn_relu(64, 128))
         self.mask_head = _head()
@@ -68,7 +68,7 @@ class SeedResNetTwoBranch(MaskDepthNet):
         return self.mask_head(x), self.depth_head(x)
 
 
-@register("seed-resnet-twobranch", "seed 000: image ResNet branch + background conv branch, concat at 1/4, "
+@register("seed-resnet-twobranch", "seed preset 000: image ResNet branch + background conv branch, concat at 1/4, "
                                    "transposed-conv heads")
 def seed_resnet_twobranch(depth_max: float = 10.0) -> SeedResNetTwoBranch:
     return SeedResNetTwoBranch(depth_max)

@@ -1,4 +1,4 @@
-"""`seed-resunet`: seed 002, a ResNet18-encoder UNet with separate mask and depth decoders (~16M parameters).
+"""`seed-resunet`: seed preset 002, a ResNet18-encoder UNet with separate mask and depth decoders (~16M parameters).
 
 The document gives: "Pre-trained ResNet18 with first and last layer removed" as the encoder; two decoder branches
 (mask, depth), each "[2, 2, 2, 2] block similar to ResNet18", each block with a skip connection to the
@@ -24,12 +24,13 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from maskdepth.errors import UserError
 from maskdepth.fileio import require_file
 from maskdepth.models.base import MaskDepthNet
-from maskdepth.models.blocks import BasicBlock, conv_bn_relu
+from maskdepth.models.blocks import BasicBlock, ConvNormAct
 from maskdepth.models.registry import register
 
 
@@ -62,8 +63,8 @@ class _UpUnit(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.reduce = conv_bn_relu(cin, cout)
-        self.fuse = conv_bn_relu(cout, cout)
+        self.reduce = ConvNormAct(cin, cout)
+        self.fuse = ConvNormAct(cout, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(self.reduce(x), scale_factor=2, mode="bilinear", align_corners=False)
@@ -74,7 +75,7 @@ class _Decoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.units = nn.ModuleList([_UpUnit(512, 256), _UpUnit(256, 128), _UpUnit(128, 64), _UpUnit(64, 64)])
-        self.head = nn.Sequential(conv_bn_relu(64, 32), nn.Conv2d(32, 1, 3, padding=1))
+        self.head = nn.Sequential(ConvNormAct(64, 32), nn.Conv2d(32, 1, 3, padding=1))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
@@ -104,8 +105,6 @@ def load_encoder_weights(encoder: ResNet18Encoder, path: str | os.PathLike) -> N
     path = require_file(path, "encoder weights file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -135,7 +134,8 @@ def load_encoder_weights(encoder: ResNet18Encoder, path: str | os.PathLike) -> N
     encoder.load_state_dict({k: clean[k] for k in own})
 
 
-@register("seed-resunet", "seed 002: ResNet18-encoder UNet, separate mask and depth decoders, bilinear "
-                          "upsampling; encoder_weights=PATH loads your ResNet18 weights")
+@register("seed-resunet", "seed preset 002: ResNet18-encoder UNet, separate mask and depth decoders, bilinear "
+                          "upsampling; encoder_weights=PATH loads your ResNet18 weights",
+          init_only=("encoder_weights",))
 def seed_resunet(depth_max: float = 10.0, encoder_weights: str | None = None) -> SeedResUNet:
     return SeedResUNet(depth_max, encoder_weights)

@@ -1,4 +1,4 @@
-"""`seed-updown`: seed 004, a down/up-sampling (UNet) depth network beside a simple mask network
+"""`seed-updown`: seed preset 004, a down/up-sampling (UNet) depth network beside a simple mask network
 (3,631,616 parameters).
 
 The document gives: 3,631,616 parameters in one architecture with two outputs; "Upsampling and Downsampling model
@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdepth.models.base import MaskDepthNet
-from maskdepth.models.blocks import conv_bn_relu
+from maskdepth.models.blocks import ConvNormAct
 from maskdepth.models.registry import register
 
 
 def _double(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
+    return nn.Sequential(ConvNormAct(cin, cout), ConvNormAct(cout, cout))
 
 
 class SeedUpDown(MaskDepthNet):
@@ -36,8 +36,8 @@ class SeedUpDown(MaskDepthNet):
                                    _double(256, 256)])
         self.up = nn.ModuleList([_double(512, 128), _double(256, 64), _double(128, 32), _double(64, 32)])
         self.depth_out = nn.Conv2d(32, 1, 1)
-        self.mask_net = nn.Sequential(conv_bn_relu(6, 32), conv_bn_relu(32, 64), conv_bn_relu(64, 128),
-                                      conv_bn_relu(128, 128), conv_bn_relu(128, 32), nn.Conv2d(32, 1, 3, padding=1))
+        self.mask_net = nn.Sequential(ConvNormAct(6, 32), ConvNormAct(32, 64), ConvNormAct(64, 128),
+                                      ConvNormAct(128, 128), ConvNormAct(128, 32), nn.Conv2d(32, 1, 3, padding=1))
 
     def logits(self, bg: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([bg, image], dim=1)
@@ -52,6 +52,6 @@ class SeedUpDown(MaskDepthNet):
         return mask, self.depth_out(x)
 
 
-@register("seed-updown", "seed 004: UNet (down/up-sampling) for depth beside a plain full-resolution CNN for mask")
+@register("seed-updown", "seed preset 004: UNet (down/up-sampling) for depth beside a plain full-resolution CNN for mask")
 def seed_updown(depth_max: float = 10.0) -> SeedUpDown:
     return SeedUpDown(depth_max)

@@ -11,7 +11,10 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
+from maskdepth.data.augment import AugmentConfig
+from maskdepth.data.capture import CaptureConfig
 from maskdepth.errors import UserError
 from maskdepth.losses import LossWeights
+from maskdepth.metrics import METRIC_NAMES
 
 
 @dataclass
@@ -141,7 +147,6 @@ class TrainConfig:
             _positive("train", name, getattr(self, name))
         for name in ("steps", "epoch_steps", "eval_every", "checkpoint_every", "samples", "time_budget_s"):
             _non_negative("train", name, getattr(self, name))
-        from maskdepth.metrics import METRIC_NAMES
 
         if self.best_metric != "loss" and self.best_metric not in METRIC_NAMES:
             raise UserError(f"[train] best_metric = {self.best_metric!r}: use \"loss\" or a metric name "
@@ -166,6 +171,7 @@ class Config:
 
 
 SECTIONS = {f.name: f for f in fields(Config)}
+SHIPPED_CONFIGS = resources.files("maskdepth") / "configs"
 
 
 def _positive(section: str, key: str, value: float) -> None:
@@ -176,6 +182,24 @@ def _positive(section: str, key: str, value: float) -> None:
 def _non_negative(section: str, key: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise UserError(f"[{section}] {key} = {value!r}: give a number >= 0")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in the package (maskdepth/configs/NAME.toml), for `--config NAME`."""
+    return sorted(p.name[: -len(".toml")] for p in SHIPPED_CONFIGS.iterdir() if p.name.endswith(".toml"))
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A config file: `name` itself when it is a file, else the shipped config of that name ("cpu-quick",
+    "cpu-quick.toml", or the repository's former "configs/cpu-quick.toml")."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    stem = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
+    if p.parent in (Path("."), Path("configs")) and stem in shipped_configs():
+        return Path(str(SHIPPED_CONFIGS / f"{stem}.toml"))
+    raise UserError(f"{p}: no such config file and no shipped config of that name; give a TOML file or one of "
+                    f"{', '.join(shipped_configs())}")
 
 
 def parse_set(item: str) -> tuple[str, str, Any]:
@@ -198,9 +222,7 @@ def load_config(path: str | os.PathLike | None = None, sets: list[str] | tuple[s
     ({"section.key": value}, the CLI's short flags), then validate. Bad keys or values raise UserError."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: config file not found; give a TOML file like configs/cpu-quick.toml")
+        p = find_config(path)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -225,11 +247,12 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         table = dict(raw.get(name, {}))
         cls = _section_class(f)
         known = {x.name: x for x in fields(cls)}
+        hints = typing.get_type_hints(cls)
         for key in table:
             if key not in known:
                 raise UserError(f"{source}: unknown key [{name}] {key}; known keys: {', '.join(known)}")
         for key, value in table.items():
-            table[key] = _coerce(name, key, value, known[key])
+            table[key] = _coerce(name, key, value, known[key], hints[key])
         try:
             built[name] = cls(**table)
         except (TypeError, ValueError) as e:
@@ -240,30 +263,64 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def _section_class(f: dataclasses.Field) -> type:
-    from maskdepth.data.augment import AugmentConfig
-    from maskdepth.data.capture import CaptureConfig
-
     return {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
             "train": TrainConfig, "loss": LossWeights, "augment": AugmentConfig, "capture": CaptureConfig}[f.name]
 
 
-def _coerce(section: str, key: str, value: Any, f: dataclasses.Field) -> Any:
-    """Check a value against the field's type (annotations are strings here); ints are accepted for floats."""
-    kind = str(f.type)
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind.startswith("tuple"):
-        kind = "list"
-    ok = {
-        "str": isinstance(value, str),
-        "int": number and isinstance(value, int),
-        "float": number,
-        "bool": isinstance(value, bool),
-        "list": isinstance(value, list),
-        "dict": isinstance(value, dict),
-    }[kind.split("[")[0]]
-    if not ok:
-        raise UserError(f"[{section}] {key} = {value!r}: expected {kind}")
-    return float(value) if kind == "float" else value
+def _coerce(section: str, key: str, value: Any, f: dataclasses.Field, hint: Any) -> Any:
+    """Check a value against the field's type element by element (lists, fixed tuples, dict values, unions with
+    None); ints are accepted where a number is expected and a top-level float field gets a float."""
+    if not _fits(value, hint):
+        raise UserError(f"[{section}] {key} = {value!r}: expected {_describe(hint)}")
+    return float(value) if hint is float else value
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` (as TOML gives it: lists, tables, scalars) is of type `hint`, down to every element."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin in (list, tuple):  # TOML arrays are lists; a tuple field is a list of fixed length
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return all(_fits(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict) and (not args or all(_fits(v, args[1]) for v in value.values()))
+    raise TypeError(f"config field type {hint!r} has no check")  # a new field type: teach _fits about it
+
+
+_NOUNS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), Any: ("any value", "values"), type(None): ("none", "nones")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """What `hint` means in TOML words: list[list[int]] -> 'a list of lists of integers'."""
+    if hint in _NOUNS:
+        return _NOUNS[hint][plural]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        same = len(set(args)) == 1
+        inner = f"{len(args)} {_describe(args[0], True)}" if same else ", ".join(_describe(a) for a in args)
+        return f"{'lists' if plural else 'a list'} of {inner}"
+    if origin in (list, tuple):
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], True)}"
+    return "tables" if plural else "a table"
 
 
 def to_dict(config: Config) -> dict[str, Any]:
