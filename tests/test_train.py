@@ -338,12 +338,12 @@ def test_cli_refuses_to_overwrite(dataset, tmp_path, capsys):
 
 
 def test_generated_batches_are_augmented_on_the_cpu_and_resume_exactly():
-    from maskdepth.train.dist import Place
+    from maskdepth.train.dist import DeviceRank
 
     def batches(augment: bool, start: int = 0, n: int = 3):
         c = load_config(None, overrides={**BASE, "data.generator": "procedural", "data.gen_backgrounds": 2,
                                          "data.gen_cutouts": 3, "data.augment": augment})
-        data = train_data.TrainData(c, Place(torch.device("cpu"), 0, 1, 0))
+        data = train_data.TrainData(c, DeviceRank(torch.device("cpu"), 0, 1, 0))
         data.load_state_dict({"seed": data.generator.seed, "step": start})
         stream = data.epoch(0, 24, 4, 0)
         return [next(stream) for _ in range(n)]

@@ -71,7 +71,7 @@ def bench_infer(model: torch.nn.Module, sizes: list[tuple[int, int]] | tuple = S
                 iters: int = 20, max_s: float = 5.0, progress: bool = True) -> dict[str, Any]:
     """Time `model` (forward(bg, image)) for every backend x size x batch size. bf16 autocast (None: on CUDA)
     applies to eager and compile; ONNX Runtime runs the fp32 graph."""
-    from maskdepth.predict import resolve_device
+    from maskdepth.device import resolve_device
 
     dev = resolve_device(device)
     bf16 = dev.type == "cuda" if bf16 is None else bf16

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdepth.camera import CameraProfile
+from maskdepth.device import resolve_device
 from maskdepth.errors import UserError
 from maskdepth.layers import LAYER_FILES, add_layers, attach_camera, save_layers
 from maskdepth.progress import Progress
@@ -235,22 +236,6 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     # antialias matters when shrinking (a photo to the training size); when enlarging it equals plain bilinear
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when there is one, else CPU. A device that is not there is a one-line error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device '{device}' is not available on this machine; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
-    return dev
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None,

@@ -12,9 +12,18 @@ from typing import Any
 
 import torch
 
+from maskdepth.data.augment import AugmentConfig, augment_batch, resize_batch
+from maskdepth.data.banks import seed_for
+from maskdepth.data.capture import CaptureConfig
+from maskdepth.data.generator import OnTheFlyGenerator
+from maskdepth.data.loader import make_loader
+from maskdepth.data.make import DEPTH_SCALE
+from maskdepth.data.shards import DatasetDir
+from maskdepth.device import to_device
 from maskdepth.errors import UserError
+from maskdepth.evaluate import first_samples
 from maskdepth.train.config import Config
-from maskdepth.train.dist import Place
+from maskdepth.train.dist import DeviceRank
 
 Batch = dict[str, torch.Tensor]
 # seed offset of the held-out generator stream (evaluation without a dataset)
@@ -23,28 +32,15 @@ EVAL_SEED_OFFSET = 1_000_003
 AUGMENT_STREAM = 101
 
 
-def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
-    """Copy a batch to `device` (non-blocking from pinned memory); pictures channels_last when asked."""
-    out = {}
-    for k, v in batch.items():
-        v = v.to(device, non_blocking=True)
-        if channels_last and v.dim() == 4:
-            v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
-
-
 class TrainData:
     """Batches for one run. `depth_max`, `depth_unit`, `depth_scale` and `describe` say what the data is."""
 
-    def __init__(self, config: Config, place: Place):
+    def __init__(self, config: Config, place: DeviceRank):
         self.config, self.place = config, place
         d = config.data
         self.channels_last = place.device.type == "cuda" and config.train.channels_last
         self.dataset = None
         if d.dir:
-            from maskdepth.data.shards import DatasetDir
-
             self.dataset = DatasetDir(d.dir)
         self.generator = None
         if d.generator:
@@ -60,14 +56,10 @@ class TrainData:
         if self.dataset is not None:
             self.depth_scale = self.dataset.depth_scale
         else:
-            from maskdepth.data.make import DEPTH_SCALE  # what `data make` would store for these scenes
-
-            self.depth_scale = DEPTH_SCALE
+            self.depth_scale = DEPTH_SCALE  # what `data make` would store for these scenes
         self._held_out: list[Batch] | None = None
 
     def _make_generator(self, seed: int):
-        from maskdepth.data.generator import OnTheFlyGenerator
-
         d = self.config.data
         capture = self._capture()
         if d.generator == "procedural":
@@ -77,13 +69,9 @@ class TrainData:
                                               device=self.place.device)
 
     def _augment(self):
-        from maskdepth.data.augment import AugmentConfig
-
         return AugmentConfig(**self.config.augment) if self.config.data.augment else None
 
     def _capture(self):
-        from maskdepth.data.capture import CaptureConfig
-
         return CaptureConfig(**self.config.capture) if self.config.data.capture else None
 
     # -- training -----------------------------------------------------------------------------------------
@@ -94,8 +82,6 @@ class TrainData:
         return global_batch // self.place.world_size
 
     def _loader(self, epoch: int, size: int, global_batch: int, skip: int):
-        from maskdepth.data.loader import make_loader
-
         d = self.config.data
         return make_loader(d.dir, d.train_split, self.per_rank(global_batch), size, train=True,
                            augment=self._augment(), capture=self._capture(), workers=d.workers,
@@ -127,9 +113,6 @@ class TrainData:
         return (to_device(batch, self.place.device, self.channels_last) for batch in loader)
 
     def _generated(self, size: int, batch_size: int) -> Iterator[Batch]:
-        from maskdepth.data.augment import augment_batch, resize_batch
-        from maskdepth.data.banks import seed_for
-
         # Joint augmentation (crops: other scales and framings) works sample by sample, which suits the host; on
         # a GPU the generator's own variety stands alone, so that nothing there waits on per-sample work.
         augment = self._augment() if self.generator.device.type == "cpu" else None
@@ -171,9 +154,6 @@ class TrainData:
         return self._held_out
 
     def _eval_from_shards(self, batch_size: int) -> Iterator[Batch]:
-        from maskdepth.data.loader import make_loader
-        from maskdepth.evaluate import first_samples
-
         d = self.config.data
         loader = make_loader(d.dir, d.eval_split, batch_size, d.size, train=False, workers=d.workers,
                              seed=self.config.train.seed, pin_memory=self.place.device.type == "cuda")

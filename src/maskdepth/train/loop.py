@@ -25,7 +25,7 @@ from torch import nn
 from maskdepth.errors import UserError
 from maskdepth.train import rundir
 from maskdepth.train.config import Config
-from maskdepth.train.dist import Place, all_mean, all_true
+from maskdepth.train.dist import DeviceRank, all_mean, all_true
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, force: bool 
 
 
 class _Trainer:
-    def __init__(self, config: Config, out: Path, place: Place, resume: bool, force: bool, argv: list[str],
+    def __init__(self, config: Config, out: Path, place: DeviceRank, resume: bool, force: bool, argv: list[str],
                  on_step: Callable[[int], None] | None):
         from maskdepth.losses import CombinedLoss
         from maskdepth.train.data import TrainData
@@ -439,14 +439,14 @@ class _Trainer:
         return better
 
     def _sample_grid(self, batch: dict[str, torch.Tensor], epoch: int) -> None:
-        from maskdepth.evaluate import cpu_sample, predict, sample_grid
+        from maskdepth.evaluate import cpu_sample, forward_batch, sample_grid
         from maskdepth.viz import save_png
 
         k = self.config.train.samples
         batch = {key: v[:k] for key, v in batch.items()}
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.place.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            mask_logits, depth = predict(self.model, batch["bg"], batch["image"])
+            mask_logits, depth = forward_batch(self.model, batch["bg"], batch["image"])
         rows = [cpu_sample(batch, mask_logits, depth, i) for i in range(batch["image"].shape[0])]
         grid = sample_grid(rows, self.data.depth_max)
         save_png(self.out / "samples" / f"epoch-{epoch:04d}-step-{self.step:07d}.png", grid)
