@@ -19,7 +19,8 @@ from maskdepth.data.make import MakeConfig, make_dataset
 from maskdepth.errors import UserError
 from maskdepth.train import data as train_data
 from maskdepth.train.config import load_config, parse_set, to_toml
-from maskdepth.train.loop import make_plan, make_scheduler, train
+from maskdepth.train.loop import train
+from maskdepth.train.plan import make_plan, make_scheduler
 from maskdepth.train.rundir import open_existing, read_metrics
 
 SIZE = 32

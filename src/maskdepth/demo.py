@@ -44,10 +44,10 @@ class DemoConfig:
 def run_demo(out: str | os.PathLike = "runs/demo", cfg: DemoConfig = DemoConfig(),
              workers: int | None = None) -> Path:
     """Run every step into `out` and return the path of report.html."""
+    from maskdepth.checkpoint import DEFAULT_WEIGHTS
     from maskdepth.data.make import MakeConfig, make_dataset
     from maskdepth.evaluate import evaluate_checkpoint
     from maskdepth.plot import plot_run
-    from maskdepth.predict import DEFAULT_WEIGHTS
     from maskdepth.train.config import load_config
     from maskdepth.train.loop import train
 

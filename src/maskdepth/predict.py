@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdepth.camera import CameraProfile
+from maskdepth.checkpoint import DEFAULT_CARD, default_weights, load_model_from_checkpoint, packaged_file
 from maskdepth.device import resolve_device
 from maskdepth.errors import UserError
 from maskdepth.layers import LAYER_FILES, add_layers, attach_camera, save_layers
@@ -30,9 +31,6 @@ DEFAULT_TRAIN_SIZE = (192, 192)
 # Working sides are rounded to a multiple of this; the model pads to its own stride, and rounding to that (often
 # 32) would distort the aspect ratio at training sizes like 192.
 SIDE_MULTIPLE = 8
-# Where the shipped default weights and their card live inside the package.
-DEFAULT_WEIGHTS = "weights/default.safetensors"
-DEFAULT_CARD = "weights/default.json"
 
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]  # noqa: F821 (PIL imported lazily)
 
@@ -245,22 +243,15 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     `options` go to Predictor: size, native, threshold, batch_size, bf16, camera (a camera.json path or
     CameraProfile: depth in metres, see layers.py).
     """
-    from maskdepth.checkpoint import load_model_from_checkpoint
-
     dev = resolve_device(device)
     if path is not None:
         model, header = load_model_from_checkpoint(path, map_location=dev)
         return Predictor(model, header, dev, **options)
-    from importlib.resources import as_file, files
-
-    weights = files("maskdepth").joinpath(DEFAULT_WEIGHTS)
-    if not weights.is_file():
-        raise UserError(f"maskdepth/{DEFAULT_WEIGHTS}: the default weights are not in this installation; pass a "
-                        "checkpoint (--ckpt PATH, load_model(path)) or install a maskdepth release that ships them")
-    with as_file(weights) as p:
-        model, header = load_model_from_checkpoint(p, map_location=dev)
+    weights = default_weights("the default weights are not in this installation; pass a checkpoint (--ckpt PATH, "
+                              "load_model(path)) or install a maskdepth release that ships them")
+    model, header = load_model_from_checkpoint(weights, map_location=dev)
     predictor = Predictor(model, header, dev, **options)
-    card = files("maskdepth").joinpath(DEFAULT_CARD)
+    card = packaged_file(DEFAULT_CARD)
     if card.is_file():
         try:
             predictor.card = json.loads(card.read_text(encoding="utf-8"))
