@@ -135,7 +135,8 @@ def _predict_pairs(out: Path, ckpt: Path, n: int) -> list[dict[str, str]]:
     from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb, encode_png
     from maskdepth.data.shards import DatasetDir, iter_shard
     from maskdepth.fileio import atomic_write_bytes
-    from maskdepth.predict import load_model, save_prediction
+    from maskdepth.predict import load_model
+    from maskdepth.prediction_files import save_prediction
     from maskdepth.viz import colorize_depth
 
     ds = DatasetDir(out / "data")

@@ -24,7 +24,8 @@ import numpy as np
 from maskdepth.codecs import encode_depth_png
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, atomic_write_bytes, atomic_write_text, require_file
-from maskdepth.predict import OVERLAY_COLOR, Prediction, Predictor, to_rgb_array
+from maskdepth.predict import Prediction, Predictor, to_rgb_array
+from maskdepth.prediction_files import OVERLAY_COLOR
 from maskdepth.progress import Progress
 from maskdepth.viz import colorize_depth, overlay
 
