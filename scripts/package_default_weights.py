@@ -23,6 +23,7 @@ import tomllib
 from pathlib import Path
 
 from maskdepth.checkpoint import DEFAULT_CARD, DEFAULT_WEIGHTS
+from maskdepth.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # the source tree's copy of the package folder that checkpoint.DEFAULT_WEIGHTS names
@@ -52,15 +53,15 @@ def _training_data(run: Path) -> dict:
     """What the run trained on: the on-the-fly generator's settings, or the dataset's own record of the command
     that made it."""
     config = tomllib.loads((run / "config.toml").read_text())
-    d = config["data"]
-    if d.get("generator") == "procedural":
-        return {"kind": "procedural rooms and cutouts composed on the fly (data.generator = procedural)",
-                "size": d["size"], "backgrounds": d["gen_backgrounds"], "cutouts": d["gen_cutouts"],
+    d = load_config(run / "config.toml").data  # read through the config's mapping of earlier spellings
+    if d.train_source == "procedural":
+        return {"kind": "procedural rooms and cutouts composed on the fly (data.train_source = procedural)",
+                "size": d.size, "backgrounds": d.gen_backgrounds, "cutouts": d.gen_cutouts,
                 "seed": config["train"]["seed"], "compose": config.get("compose", {}),
                 "capture": config.get("capture", {}), "augment": config.get("augment", {})}
-    meta = json.loads((ROOT / d["dir"] / "metadata.json").read_text())
+    meta = json.loads((ROOT / d.dir / "metadata.json").read_text())
     return {"kind": "procedural rooms and cutouts (maskdepth data make)",
-            "command": meta["command"].replace(" OUT ", f" {d['dir']} ", 1), "counts": meta["counts"]}
+            "command": meta["command"].replace(" OUT ", f" {d.dir} ", 1), "counts": meta["counts"]}
 
 
 def real_photo_figures(weights: Path) -> dict | None:

@@ -69,10 +69,38 @@ def test_config_round_trips_through_toml_and_overrides_apply(tmp_path):
     (["schedule.name=linear"], "schedule"),
     (["train.best_metric=accuracy"], "best_metric"),
     (["augment.nosuch=1"], "unknown key [augment] nosuch"),
+    (["data.train_source=files"], "train_source = 'files'"),
+    (["data.generator=other"], "generator = 'other'"),
+    (["data.eval_source=held-out"], "held-out\" draws from the on-the-fly generator"),
+    (["data.eval_split=", "data.eval_source=split"], "eval_source = \"split\" needs"),
 ])
 def test_bad_config_values_are_one_line_errors(sets, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, ["data.dir=x", *sets])
+
+
+@pytest.mark.parametrize("old, sources", [
+    ({"data.dir": "d"}, ("shards", "split")),
+    ({"data.generator": "procedural"}, ("procedural", "held-out")),
+    ({"data.generator": "procedural", "data.dir": "d"}, ("procedural", "split")),
+    ({"data.generator": "dataset", "data.dir": "d"}, ("composed", "split")),
+    ({"data.generator": "", "data.dir": "d", "data.eval_split": ""}, ("shards", "none")),
+    ({"data.generator": "procedural", "data.eval_split": ""}, ("procedural", "none")),
+])
+def test_the_earlier_data_spelling_reads_as_explicit_sources(old, sources):
+    """[data] generator (configs and run folders before train_source, and --generator) and an eval source left
+    to "auto" give the sources the loop used to infer from generator, dir and eval_split."""
+    c = load_config(None, overrides=old)
+    assert (c.data.train_source, c.data.eval_source) == sources
+    new = {k: v for k, v in old.items() if k != "data.generator"}
+    assert load_config(None, overrides={**new, "data.train_source": sources[0], "data.eval_source": sources[1]}) == c
+
+
+def test_the_generator_flag_over_a_config_file_sets_the_train_source(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(load_config(None, ["data.dir=d"])))
+    assert 'train_source = "shards"' in path.read_text() and "generator" not in path.read_text()
+    assert load_config(path, overrides={"data.generator": "procedural"}).data.train_source == "procedural"
 
 
 def test_bad_config_file_names_the_file(tmp_path):
@@ -259,6 +287,36 @@ def test_generator_with_progressive_resizing_and_held_out_evaluation(tmp_path):
     assert last["split"] == "held-out" and last["samples"] == 8
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["data"]["ranks"][0]["step"] == 4  # the generator's position, for --resume
+
+
+def test_a_run_folder_in_the_earlier_data_spelling_resumes_identically(tmp_path):
+    """A run whose config.toml says [data] generator = "procedural" (as runs begun before train_source do)
+    continues with --resume to the same weights as a run never stopped."""
+    overrides = {**BASE, "data.train_source": "procedural", "data.gen_backgrounds": 2, "data.gen_cutouts": 3,
+                 "data.gen_eval_batches": 1, "train.epochs": 2, "train.epoch_steps": 2, "train.deterministic": True,
+                 "train.samples": 0}
+    whole = tmp_path / "whole"
+    train(load_config(None, overrides=overrides), whole)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_3(step: int) -> None:
+        if step == 3:
+            raise Crash
+
+    old = tmp_path / "old"
+    with pytest.raises(Crash):
+        train(load_config(None, overrides=overrides), old, on_step=crash_at_3)
+    text = (old / "config.toml").read_text()
+    text = text.replace('train_source = "procedural"\n', 'generator = "procedural"\n')
+    text = text.replace('eval_source = "held-out"\n', "")
+    assert "train_source" not in text and "eval_source" not in text
+    (old / "config.toml").write_text(text)
+    assert torch.load(old / "state.pt", weights_only=True)["step"] == 2
+    assert cli(["train", "--resume", str(old)]) == 0
+    a, b = weights(whole), weights(old)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_time_budget_ends_the_run_with_a_checkpoint_mid_epoch(dataset, tmp_path):

@@ -43,12 +43,14 @@ class TrainData:
         if d.dir:
             self.dataset = DatasetDir(d.dir)
         self.generator = None
-        if d.generator:
+        if d.train_source != "shards":
             # every rank its own stream: together they are one larger batch of new samples
             self.generator = self._make_generator(config.train.seed + place.rank)
             self.depth_max = float(self.generator.depth_max)
-            self.depth_unit = "metres" if d.generator == "procedural" else self.dataset.depth_unit
-            self.describe = f"generator {d.generator}" + (f" ({d.dir})" if d.generator == "dataset" else "")
+            procedural = d.train_source == "procedural"
+            self.depth_unit = "metres" if procedural else self.dataset.depth_unit
+            # the words of run.json and checkpoint headers since before train_source
+            self.describe = "generator procedural" if procedural else f"generator dataset ({d.dir})"
         else:
             self.depth_max = self.dataset.depth_max
             self.depth_unit = self.dataset.depth_unit
@@ -62,7 +64,7 @@ class TrainData:
     def _make_generator(self, seed: int):
         d = self.config.data
         capture = self._capture()
-        if d.generator == "procedural":
+        if d.train_source == "procedural":
             return OnTheFlyGenerator.procedural(d.gen_backgrounds, d.gen_cutouts, d.size, seed, capture=capture,
                                                 device=self.place.device)
         return OnTheFlyGenerator.from_dataset(d.dir, d.train_split, seed=seed, capture=capture,
@@ -136,13 +138,13 @@ class TrainData:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def has_eval(self) -> bool:
-        return bool(self.config.data.eval_split) and (self.dataset is not None or self.generator is not None)
+        return self.config.data.eval_source != "none"
 
     def eval_batches(self, global_batch: int) -> Iterator[Batch] | list[Batch]:
-        """This rank's part of the evaluation set at data.size: the dataset's eval split (the loader splits it
-        over the ranks), or without a dataset, held-out generator batches drawn once with another seed."""
+        """This rank's part of the evaluation set at data.size: with eval_source "split" the dataset's eval split
+        (the loader splits it over the ranks), with "held-out" generator batches drawn once with another seed."""
         d = self.config.data
-        if self.dataset is not None:
+        if d.eval_source == "split":
             return self._eval_from_shards(self.per_rank(global_batch))
         if self._held_out is None:
             # drawn at the global batch size and sliced, so the set does not depend on the process count

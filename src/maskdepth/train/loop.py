@@ -64,7 +64,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, force: bool 
                      torch.is_deterministic_algorithms_warn_only_enabled())
     threads = torch.get_num_threads()
     try:
-        if place.device.type == "cpu" and not config.data.generator:
+        if place.device.type == "cpu" and config.data.train_source == "shards":
             torch.set_num_threads(cpu_threads_beside(config.data.workers))
         return _Trainer(config, Path(out), place, resume, force, argv or rundir.command_line(), on_step).run()
     finally:
@@ -304,7 +304,7 @@ class _Trainer:
                                       autocast=self.amp)
         pos = self.pos
         epoch = pos.epoch + (1 if pos.batch_in_epoch else 0)  # 1-based: the epoch just run
-        split = self.config.data.eval_split if self.data.dataset is not None else "held-out"
+        split = self.config.data.eval_split if self.config.data.eval_source == "split" else "held-out"
         record = {"split": split, "step": pos.step, "epoch": epoch, "loss": result.losses,
                   "metrics": result.metrics, "samples": result.samples}
         self.last_eval = record
