@@ -46,6 +46,18 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(run / "last.safetensors")[0]
 
 
+class Crash(Exception):
+    """A run killed after a step (raised by `crash_at`'s hook)."""
+
+
+def crash_at(n: int):
+    """An on_step hook that kills the run after step `n`."""
+    def hook(step: int) -> None:
+        if step == n:
+            raise Crash
+    return hook
+
+
 # -- config ------------------------------------------------------------------------------------------------
 
 def test_config_round_trips_through_toml_and_overrides_apply(tmp_path):
@@ -179,16 +191,9 @@ def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tm
     whole = tmp_path / "whole"
     train(config(dataset, **overrides), whole)
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_8(step: int) -> None:
-        if step == 8:
-            raise Crash
-
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
-        train(config(dataset, **overrides), broken, on_step=crash_at_8)
+        train(config(dataset, **overrides), broken, on_step=crash_at(8))
     state = torch.load(broken / "state.pt", weights_only=True)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 1)
     assert cli(["train", "--resume", str(broken)]) == 0
@@ -298,16 +303,9 @@ def test_a_run_folder_in_the_earlier_data_spelling_resumes_identically(tmp_path)
     whole = tmp_path / "whole"
     train(load_config(None, overrides=overrides), whole)
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_3(step: int) -> None:
-        if step == 3:
-            raise Crash
-
     old = tmp_path / "old"
     with pytest.raises(Crash):
-        train(load_config(None, overrides=overrides), old, on_step=crash_at_3)
+        train(load_config(None, overrides=overrides), old, on_step=crash_at(3))
     text = (old / "config.toml").read_text()
     text = text.replace('train_source = "procedural"\n', 'generator = "procedural"\n')
     text = text.replace('eval_source = "held-out"\n', "")
@@ -357,16 +355,9 @@ def test_cuda_generator_bf16_channels_last_and_resume(tmp_path):
     last = train(load_config(None, overrides=overrides), whole)
     assert math.isfinite(last["loss"]["total"])
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_5(step: int) -> None:
-        if step == 5:
-            raise Crash
-
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
-        train(load_config(None, overrides=overrides), broken, on_step=crash_at_5)
+        train(load_config(None, overrides=overrides), broken, on_step=crash_at(5))
     train(open_existing(broken), broken, resume=True)
     a, b = weights(whole), weights(broken)
     for k in a:

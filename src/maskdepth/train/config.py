@@ -20,6 +20,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
+from maskdepth.data.augment import AugmentConfig
+from maskdepth.data.capture import CaptureConfig
 from maskdepth.errors import UserError
 from maskdepth.losses import LossWeights
 from maskdepth.metrics import METRIC_NAMES
@@ -285,9 +287,6 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def _section_class(f: dataclasses.Field) -> type:
-    from maskdepth.data.augment import AugmentConfig
-    from maskdepth.data.capture import CaptureConfig
-
     return {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
             "train": TrainConfig, "loss": LossWeights, "augment": AugmentConfig, "capture": CaptureConfig}[f.name]
 
