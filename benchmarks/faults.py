@@ -135,7 +135,8 @@ def make_trials(work: Path, moments: int, aimed: int, seed: int) -> list[dict]:
 def _loadable(run: Path) -> dict:
     """Whether what a killed run left can be read: last.safetensors by read_checkpoint, state.pt by load_state."""
     from maskdepth.checkpoint import read_checkpoint
-    from maskdepth.train.rundir import LAST, STATE, load_state
+    from maskdepth.train.resume import load_state
+    from maskdepth.train.rundir import LAST, STATE
 
     out = {}
     for name, read in ((LAST, read_checkpoint), (STATE, load_state)):

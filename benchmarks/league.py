@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="JSON to write (default results/league.json for --cpu, "
                     "league-gpu.json, league-quick.json); the Markdown table goes beside it")
     args = ap.parse_args(argv)
+    from maskdepth.device import resolve_device
     from maskdepth.evaluate import evaluate_checkpoint
     from maskdepth.models import create_model
-    from maskdepth.train.dist import resolve_device
     from maskdepth.train.loop import cpu_threads_beside
 
     p = dict(PROFILES[args.profile or "cpu"])
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         p["size"] = args.size
     if args.workers is not None:
         p["workers"] = args.workers
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, local_rank=0)  # one process: its GPU by index, as training names it
     torch.manual_seed(args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="maskdepth-league-"))
     data = args.data or make_data(work, p, args.seed)

@@ -26,10 +26,10 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
     from package_default_weights import CARD_EVAL
 
+    from maskdepth.checkpoint import DEFAULT_WEIGHTS
     from maskdepth.data.compose import ComposeConfig
     from maskdepth.data.make import MakeConfig, make_dataset
     from maskdepth.evaluate import evaluate_checkpoint
-    from maskdepth.predict import DEFAULT_WEIGHTS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped weights)")

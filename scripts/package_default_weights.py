@@ -22,8 +22,13 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from maskdepth.checkpoint import DEFAULT_CARD, DEFAULT_WEIGHTS
+from maskdepth.train.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "src" / "maskdepth" / "weights"
+# the source tree's copy of the package folder that checkpoint.DEFAULT_WEIGHTS names
+WEIGHTS = ROOT / "src" / "maskdepth" / Path(DEFAULT_WEIGHTS).parent
+WEIGHTS_FILE, CARD_FILE = Path(DEFAULT_WEIGHTS).name, Path(DEFAULT_CARD).name
 # The procedural test set of the card: rooms and cutouts the weights never saw (another seed), all held out.
 # "compose": the ComposeConfig fields that differ from today's defaults, so the set stays the one the card was
 # measured on when the composition gains effects (cast shadows, reflections, camouflage, shading came later)
@@ -48,15 +53,15 @@ def _training_data(run: Path) -> dict:
     """What the run trained on: the on-the-fly generator's settings, or the dataset's own record of the command
     that made it."""
     config = tomllib.loads((run / "config.toml").read_text())
-    d = config["data"]
-    if d.get("generator") == "procedural":
-        return {"kind": "procedural rooms and cutouts composed on the fly (data.generator = procedural)",
-                "size": d["size"], "backgrounds": d["gen_backgrounds"], "cutouts": d["gen_cutouts"],
+    d = load_config(run / "config.toml").data  # read through the config's mapping of earlier spellings
+    if d.train_source == "procedural":
+        return {"kind": "procedural rooms and cutouts composed on the fly (data.train_source = procedural)",
+                "size": d.size, "backgrounds": d.gen_backgrounds, "cutouts": d.gen_cutouts,
                 "seed": config["train"]["seed"], "compose": config.get("compose", {}),
                 "capture": config.get("capture", {}), "augment": config.get("augment", {})}
-    meta = json.loads((ROOT / d["dir"] / "metadata.json").read_text())
+    meta = json.loads((ROOT / d.dir / "metadata.json").read_text())
     return {"kind": "procedural rooms and cutouts (maskdepth data make)",
-            "command": meta["command"].replace(" OUT ", f" {d['dir']} ", 1), "counts": meta["counts"]}
+            "command": meta["command"].replace(" OUT ", f" {d.dir} ", 1), "counts": meta["counts"]}
 
 
 def real_photo_figures(weights: Path) -> dict | None:
@@ -92,7 +97,7 @@ def _training_summary(run: Path, run_info: dict) -> dict:
 def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "default-weights",
             command: str = "maskdepth train --config default-weights --out runs/default-weights",
             real: bool = True) -> dict:
-    """Write `out_dir`/default.safetensors and its card default.json; return the card."""
+    """Write `out_dir`/WEIGHTS_FILE (default.safetensors) and its card CARD_FILE (default.json); return the card."""
     from maskdepth import __version__
     from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint, save_checkpoint
     from maskdepth.evaluate import evaluate_checkpoint
@@ -101,7 +106,7 @@ def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "defau
     _, header = read_checkpoint(ckpt)
     model, _ = load_model_from_checkpoint(ckpt)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / "default.safetensors"
+    weights = out_dir / WEIGHTS_FILE
     save_checkpoint(weights, model, {k: v for k, v in header.items() if k not in ("model", "model_kwargs",
                                                                                    "format_version")})
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +117,7 @@ def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "defau
         "model": header["model"],
         "model_kwargs": header["model_kwargs"],
         "params": sum(p.numel() for p in model.parameters()),
-        "file": "default.safetensors",
+        "file": WEIGHTS_FILE,
         "depth": header.get("depth"),
         "train_size": header.get("train_size"),
         "data": _training_data(run),
@@ -125,9 +130,9 @@ def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "defau
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU ({platform.system()})",
         "versions": {"maskdepth": __version__, **run_info.get("versions", {})},
     }
-    atomic_write_text(out_dir / "default.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(out_dir / CARD_FILE, json.dumps(card, indent=2) + "\n")
     m = card["evaluation"]["metrics"]
-    print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) and default.json: mask IoU "
+    print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) and {CARD_FILE}: mask IoU "
           f"{m['mask_iou']:.3f}, depth delta1 {m['depth_delta1']:.3f} (aligned {m['aligned_depth_delta1']:.3f}), "
           f"AbsRel {m['depth_absrel']:.3f}")
     for cond, r in (card["real_photos"] or {}).get("conditions", {}).items():

@@ -45,8 +45,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
     from package_default_weights import WEIGHTS, package
 
+    from maskdepth.device import resolve_device
     from maskdepth.train.config import load_config
-    from maskdepth.train.dist import resolve_device
     from maskdepth.train.loop import train
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,7 +64,7 @@ def main() -> int:
     args = ap.parse_args()
     minutes = 0.5 if args.tiny else args.minutes
     config = load_config(args.config, args.set, TINY if args.tiny else None)
-    device = resolve_device(args.device if not args.tiny else "cpu")
+    device = resolve_device(args.device if not args.tiny else "cpu", local_rank=0)
     epochs = sum(s[1] for s in config.train.resize) if config.train.resize else config.train.epochs
     if args.steps:
         steps, how = args.steps, "given"

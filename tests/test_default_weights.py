@@ -2,15 +2,15 @@
 
 import importlib.util
 import json
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
+from maskdepth.checkpoint import DEFAULT_CARD, DEFAULT_WEIGHTS, packaged_file
 from maskdepth.evaluate import evaluate_checkpoint
 
-WEIGHTS = files("maskdepth").joinpath("weights/default.safetensors")
-CARD = files("maskdepth").joinpath("weights/default.json")
+WEIGHTS = packaged_file(DEFAULT_WEIGHTS)
+CARD = packaged_file(DEFAULT_CARD)
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py"
 
 

@@ -16,7 +16,7 @@ from maskdepth.cli import main as cli
 from maskdepth.data.format import DatasetDir
 from maskdepth.data.loader import make_loader
 from maskdepth.data.make import MakeConfig, make_dataset
-from maskdepth.evaluate import GRID_COLUMNS, evaluate_checkpoint, predict
+from maskdepth.evaluate import GRID_COLUMNS, evaluate_checkpoint, forward_batch
 from maskdepth.metrics import DEPTH_METRICS, METRIC_NAMES, Metrics
 from maskdepth.models import create_model
 from maskdepth.viz import LABEL_H
@@ -108,7 +108,7 @@ def test_flip_tta_averages_the_mirrored_prediction(dataset, ckpt):
     model, _ = load_model_from_checkpoint(ckpt)
     bg, image = torch.rand(2, 2, 3, SIZE, SIZE).unbind(0)
     with torch.no_grad():
-        logits, depth = predict(model, bg, image, tta=True)
+        logits, depth = forward_batch(model, bg, image, tta=True)
         a_logits, a_depth = model(bg, image)
         b_logits, b_depth = model(bg.flip(-1), image.flip(-1))
     prob = (torch.sigmoid(a_logits) + torch.sigmoid(b_logits).flip(-1)) / 2

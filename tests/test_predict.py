@@ -118,9 +118,9 @@ def test_bad_arrays_are_one_line_errors(predictor):
 
 
 def test_missing_default_weights_is_a_clear_error(monkeypatch):
-    import maskdepth.predict as predict
+    import maskdepth.checkpoint as checkpoint
 
-    monkeypatch.setattr(predict, "DEFAULT_WEIGHTS", "weights/absent.safetensors")
+    monkeypatch.setattr(checkpoint, "DEFAULT_WEIGHTS", "weights/absent.safetensors")
     with pytest.raises(UserError, match="default weights"):
         load_model(None, "cpu")
 

@@ -19,7 +19,8 @@ from maskdepth.data.make import MakeConfig, make_dataset
 from maskdepth.errors import UserError
 from maskdepth.train import data as train_data
 from maskdepth.train.config import load_config, parse_set, to_toml
-from maskdepth.train.loop import make_plan, make_scheduler, train
+from maskdepth.train.loop import train
+from maskdepth.train.plan import make_plan, make_scheduler
 from maskdepth.train.rundir import open_existing, read_metrics
 
 SIZE = 32
@@ -45,6 +46,18 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(run / "last.safetensors")[0]
 
 
+class Crash(Exception):
+    """A run killed after a step (raised by `crash_at`'s hook)."""
+
+
+def crash_at(n: int):
+    """An on_step hook that kills the run after step `n`."""
+    def hook(step: int) -> None:
+        if step == n:
+            raise Crash
+    return hook
+
+
 # -- config ------------------------------------------------------------------------------------------------
 
 def test_config_round_trips_through_toml_and_overrides_apply(tmp_path):
@@ -68,10 +81,38 @@ def test_config_round_trips_through_toml_and_overrides_apply(tmp_path):
     (["schedule.name=linear"], "schedule"),
     (["train.best_metric=accuracy"], "best_metric"),
     (["augment.nosuch=1"], "unknown key [augment] nosuch"),
+    (["data.train_source=files"], "train_source = 'files'"),
+    (["data.generator=other"], "generator = 'other'"),
+    (["data.eval_source=held-out"], "held-out\" draws from the on-the-fly generator"),
+    (["data.eval_split=", "data.eval_source=split"], "eval_source = \"split\" needs"),
 ])
 def test_bad_config_values_are_one_line_errors(sets, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, ["data.dir=x", *sets])
+
+
+@pytest.mark.parametrize("old, sources", [
+    ({"data.dir": "d"}, ("shards", "split")),
+    ({"data.generator": "procedural"}, ("procedural", "held-out")),
+    ({"data.generator": "procedural", "data.dir": "d"}, ("procedural", "split")),
+    ({"data.generator": "dataset", "data.dir": "d"}, ("composed", "split")),
+    ({"data.generator": "", "data.dir": "d", "data.eval_split": ""}, ("shards", "none")),
+    ({"data.generator": "procedural", "data.eval_split": ""}, ("procedural", "none")),
+])
+def test_the_earlier_data_spelling_reads_as_explicit_sources(old, sources):
+    """[data] generator (configs and run folders before train_source, and --generator) and an eval source left
+    to "auto" give the sources the loop used to infer from generator, dir and eval_split."""
+    c = load_config(None, overrides=old)
+    assert (c.data.train_source, c.data.eval_source) == sources
+    new = {k: v for k, v in old.items() if k != "data.generator"}
+    assert load_config(None, overrides={**new, "data.train_source": sources[0], "data.eval_source": sources[1]}) == c
+
+
+def test_the_generator_flag_over_a_config_file_sets_the_train_source(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(load_config(None, ["data.dir=d"])))
+    assert 'train_source = "shards"' in path.read_text() and "generator" not in path.read_text()
+    assert load_config(path, overrides={"data.generator": "procedural"}).data.train_source == "procedural"
 
 
 def test_bad_config_file_names_the_file(tmp_path):
@@ -150,16 +191,9 @@ def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tm
     whole = tmp_path / "whole"
     train(config(dataset, **overrides), whole)
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_8(step: int) -> None:
-        if step == 8:
-            raise Crash
-
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
-        train(config(dataset, **overrides), broken, on_step=crash_at_8)
+        train(config(dataset, **overrides), broken, on_step=crash_at(8))
     state = torch.load(broken / "state.pt", weights_only=True)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 1)
     assert cli(["train", "--resume", str(broken)]) == 0
@@ -172,8 +206,7 @@ def test_resume_after_a_crash_ends_identical_to_an_uninterrupted_run(dataset, tm
 def test_a_crash_between_the_two_writes_of_the_final_checkpoint_resumes_identical(dataset, tmp_path, monkeypatch):
     """The final checkpoint is two files (last.safetensors and state.pt): a crash after the first of them and
     --resume end with the uninterrupted run's file, byte for byte, whichever order they are written in."""
-    import maskdepth.checkpoint
-    from maskdepth.train import loop, rundir
+    from maskdepth.train import loop, resume
 
     overrides = {"train.epochs": 2, "train.epoch_steps": 3, "train.deterministic": True, "optim.name": "sgd",
                  "train.samples": 0}
@@ -191,20 +224,19 @@ def test_a_crash_between_the_two_writes_of_the_final_checkpoint_resumes_identica
             if len(final_writes) == 2:
                 raise Crash
 
-    save_state, save_checkpoint = rundir.save_state, maskdepth.checkpoint.save_checkpoint
+    save_state, save_checkpoint = resume.save_state, loop.save_checkpoint
 
-    def state(path, st):
-        crash_on_the_second(st["step"])
-        save_state(path, st)
+    def state(run, place, pos, *rest):
+        crash_on_the_second(pos.step)
+        save_state(run, place, pos, *rest)
 
     def last(path, model, header):
         if Path(path).name == "last.safetensors":
             crash_on_the_second(header["step"])
         save_checkpoint(path, model, header)
 
-    monkeypatch.setattr(rundir, "save_state", state)
-    monkeypatch.setattr(maskdepth.checkpoint, "save_checkpoint", last)
-    monkeypatch.setattr(loop, "save_checkpoint", last, raising=False)
+    monkeypatch.setattr(resume, "save_state", state)
+    monkeypatch.setattr(loop, "save_checkpoint", last)
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
         train(config(dataset, **overrides), broken)
@@ -304,6 +336,29 @@ def test_generator_with_progressive_resizing_and_held_out_evaluation(tmp_path):
     assert state["data"]["ranks"][0]["step"] == 4  # the generator's position, for --resume
 
 
+def test_a_run_folder_in_the_earlier_data_spelling_resumes_identically(tmp_path):
+    """A run whose config.toml says [data] generator = "procedural" (as runs begun before train_source do)
+    continues with --resume to the same weights as a run never stopped."""
+    overrides = {**BASE, "data.train_source": "procedural", "data.gen_backgrounds": 2, "data.gen_cutouts": 3,
+                 "data.gen_eval_batches": 1, "train.epochs": 2, "train.epoch_steps": 2, "train.deterministic": True,
+                 "train.samples": 0}
+    whole = tmp_path / "whole"
+    train(load_config(None, overrides=overrides), whole)
+
+    old = tmp_path / "old"
+    with pytest.raises(Crash):
+        train(load_config(None, overrides=overrides), old, on_step=crash_at(3))
+    text = (old / "config.toml").read_text()
+    text = text.replace('train_source = "procedural"\n', 'generator = "procedural"\n')
+    text = text.replace('eval_source = "held-out"\n', "")
+    assert "train_source" not in text and "eval_source" not in text
+    (old / "config.toml").write_text(text)
+    assert torch.load(old / "state.pt", weights_only=True)["step"] == 2
+    assert cli(["train", "--resume", str(old)]) == 0
+    a, b = weights(whole), weights(old)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_time_budget_ends_the_run_with_a_checkpoint_mid_epoch(dataset, tmp_path):
     run = tmp_path / "run"
     train(config(dataset, **{"train.epochs": 2, "train.epoch_steps": 4, "train.time_budget_s": 1e-9,
@@ -342,16 +397,9 @@ def test_cuda_generator_bf16_channels_last_and_resume(tmp_path):
     last = train(load_config(None, overrides=overrides), whole)
     assert math.isfinite(last["loss"]["total"])
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_5(step: int) -> None:
-        if step == 5:
-            raise Crash
-
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
-        train(load_config(None, overrides=overrides), broken, on_step=crash_at_5)
+        train(load_config(None, overrides=overrides), broken, on_step=crash_at(5))
     train(open_existing(broken), broken, resume=True)
     a, b = weights(whole), weights(broken)
     for k in a:
@@ -382,12 +430,12 @@ def test_cli_refuses_to_overwrite(dataset, tmp_path, capsys):
 
 
 def test_generated_batches_are_augmented_on_the_cpu_and_resume_exactly():
-    from maskdepth.train.dist import Place
+    from maskdepth.train.dist import DeviceRank
 
     def batches(augment: bool, start: int = 0, n: int = 3):
         c = load_config(None, overrides={**BASE, "data.generator": "procedural", "data.gen_backgrounds": 2,
                                          "data.gen_cutouts": 3, "data.augment": augment})
-        data = train_data.TrainData(c, Place(torch.device("cpu"), 0, 1, 0))
+        data = train_data.TrainData(c, DeviceRank(torch.device("cpu"), 0, 1, 0))
         data.load_state_dict({"seed": data.generator.seed, "step": start})
         stream = data.epoch(0, 24, 4, 0)
         return [next(stream) for _ in range(n)]

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdepth.device import resolve_device
 from maskdepth.export import export_onnx
-from maskdepth.predict import resolve_device
 from maskdepth.progress import Progress
 
 BACKENDS = ("eager", "compile", "onnx")

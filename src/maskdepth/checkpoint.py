@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
+from maskdepth.models import create_model
 from maskdepth.schema import Reader
 
 HEADER_KEY = "maskdepth"
@@ -19,12 +23,26 @@ FORMAT_VERSION = 1
 # The largest model a checkpoint header may ask for (about 1 GB of float32): the seeds' and our models are
 # 0.6-16 M parameters.
 MAX_PARAMS = 250_000_000
+# The shipped default weights and their model card, relative to the installed package.
+DEFAULT_WEIGHTS = "weights/default.safetensors"
+DEFAULT_CARD = "weights/default.json"
+
+
+def packaged_file(relative: str) -> Path:
+    """The path of `relative` (e.g. DEFAULT_WEIGHTS) inside the installed package; it may not exist."""
+    return Path(str(files("maskdepth").joinpath(relative)))
+
+
+def default_weights(what_to_do: str) -> Path:
+    """The shipped default weights; UserError (ending in `what_to_do`) in an installation without them."""
+    path = packaged_file(DEFAULT_WEIGHTS)
+    if not path.is_file():
+        raise UserError(f"maskdepth/{DEFAULT_WEIGHTS}: {what_to_do}")
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[str, Any] | None = None) -> None:
     """Write `model`'s weights and how to rebuild it (model_name, model_kwargs) plus `info` atomically."""
-    from safetensors.torch import save
-
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     header = {
@@ -42,8 +60,6 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, header). Refuses files that are not maskdepth checkpoints with one clear line."""
-    from safetensors import SafetensorError, safe_open
-
     path = require_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -129,8 +145,6 @@ def build_for_state(path: Any, name: str, kwargs: dict[str, Any], state: dict[st
     """Model `name(**kwargs)` with the weights `state` loaded. It is first built on the meta device (no memory):
     a header that asks for more than MAX_PARAMS parameters, or for tensors the file does not hold, is refused
     before anything is allocated, so the memory used is bounded by the file's own size."""
-    from maskdepth.models import create_model
-
     def build() -> torch.nn.Module:
         try:
             return create_model(name, **kwargs)
@@ -182,8 +196,23 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dic
     return counts
 
 
+def model_from_state(path: Any, state: dict[str, torch.Tensor], header: dict[str, Any], *,
+                     kwargs: dict[str, Any] | None = None, matching: str | None = None,
+                     hint: str = "the file is corrupt or was edited") -> tuple[torch.nn.Module, dict[str, int] | None]:
+    """The model of a read checkpoint (`read_checkpoint`'s state and header).
+
+    Exact (default): the checkpoint's own network, built with `kwargs` (default: the header's model_kwargs), and
+    every tensor must fit (`build_for_state`). `matching=NAME`: network NAME built with `kwargs`, taking each
+    tensor of `state` that fits (`load_matching`). Returns (model, load_matching's counts or None)."""
+    if matching is None:
+        return build_for_state(path, header["model"], header.get("model_kwargs", {}) if kwargs is None else kwargs,
+                               state, hint=hint), None
+    model = create_model(matching, **(kwargs or {}))
+    return model, load_matching(model, state)
+
+
 def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights. Returns (model, header)."""
     state, header = read_checkpoint(path)
-    model = build_for_state(Path(path), header["model"], header.get("model_kwargs", {}), state)
+    model, _ = model_from_state(Path(path), state, header)
     return model.to(map_location).eval(), header

@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 
 from maskdepth import __version__
+from maskdepth.checkpoint import DEFAULT_WEIGHTS
 from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb, encode_png
-from maskdepth.data.make import MakeConfig, make_dataset
 from maskdepth.data.format import DatasetDir
+from maskdepth.data.make import MakeConfig, make_dataset
 from maskdepth.data.shards import iter_shard
 from maskdepth.errors import UserError
 from maskdepth.evaluate import evaluate_checkpoint
 from maskdepth.fileio import OutputKind, atomic_write_bytes, atomic_write_text, prepare_output_dir
 from maskdepth.metrics import METRIC_NAMES
 from maskdepth.plot import plot_run
-from maskdepth.predict import DEFAULT_WEIGHTS, load_model, save_prediction
+from maskdepth.predict import load_model
+from maskdepth.prediction_files import save_prediction
 from maskdepth.train.config import load_config
 from maskdepth.train.loop import train
 from maskdepth.viz import colorize_depth

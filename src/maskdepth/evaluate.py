@@ -19,8 +19,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from maskdepth.fileio import OutputKind
+from maskdepth.checkpoint import load_model_from_checkpoint
+from maskdepth.data.format import DatasetDir
+from maskdepth.data.loader import make_loader
+from maskdepth.device import resolve_device, to_device
+from maskdepth.fileio import OutputKind, atomic_write_text, prepare_output_dir
 from maskdepth.metrics import METRIC_NAMES, Metrics
+from maskdepth.progress import track
+from maskdepth.viz import colorize_depth, make_grid, save_png
 
 Batch = dict[str, Tensor]
 # columns of a sample grid, left to right
@@ -38,7 +44,7 @@ class EvalResult:
     worst: dict[str, list[tuple[float, Batch]]] = field(default_factory=dict)
 
 
-def predict(model: nn.Module, bg: Tensor, image: Tensor, tta: bool = False) -> tuple[Tensor, Tensor]:
+def forward_batch(model: nn.Module, bg: Tensor, image: Tensor, tta: bool = False) -> tuple[Tensor, Tensor]:
     """(mask_logits, depth); with `tta` the mean of the plain and the horizontally flipped prediction
     (probabilities averaged, then back to logits)."""
     mask_logits, depth = model(bg, image)
@@ -65,7 +71,7 @@ def evaluate_batches(model: nn.Module, batches: Iterable[Batch], depth_max: floa
     try:
         for batch in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                mask_logits, depth = predict(model, batch["bg"], batch["image"], tta)
+                mask_logits, depth = forward_batch(model, batch["bg"], batch["image"], tta)
             mask_logits, depth = mask_logits.float(), depth.float()
             bs = batch["image"].shape[0]
             metrics.update(mask_logits, depth, batch)
@@ -123,8 +129,6 @@ def _pool_over_ranks(sums: dict[str, float], n: int) -> tuple[dict[str, float], 
 def sample_grid(samples: list[Batch], depth_max: float):
     """One row per sample: bg, image, true mask, predicted mask, true depth, predicted depth (uint8 RGB);
     both depths coloured on the same 0..depth_max scale."""
-    from maskdepth.viz import colorize_depth, make_grid
-
     rows = [[s["bg"], s["image"], s["mask"], s["pred_mask"], colorize_depth(s["depth"], 0.0, depth_max),
              colorize_depth(s["pred_depth"], 0.0, depth_max)] for s in samples]
     return make_grid(rows, labels=GRID_COLUMNS)
@@ -151,13 +155,6 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     """Evaluate checkpoint `ckpt` on split `split` of dataset `data` at `size` (default: the checkpoint's
     training size). Depth metrics after per-image scale-and-shift alignment are added when `aligned`, and always
     for relative-depth datasets. Returns (JSON record, result)."""
-    from maskdepth.checkpoint import load_model_from_checkpoint
-    from maskdepth.data.format import DatasetDir
-    from maskdepth.data.loader import make_loader
-    from maskdepth.progress import track
-    from maskdepth.train.data import to_device
-    from maskdepth.train.dist import resolve_device
-
     dev = resolve_device(device)
     dataset = DatasetDir(data)
     model, header = load_model_from_checkpoint(ckpt, map_location=dev)
@@ -181,9 +178,6 @@ def run(ckpt: str | os.PathLike, data: str | os.PathLike, split: str = "test", *
         worst_k: int = 8, force: bool = False, **options: Any) -> dict[str, Any]:
     """`maskdepth evaluate`: print the table and write metrics.json, metrics.md and worst.png into `out`.
     `options` go to evaluate_checkpoint."""
-    from maskdepth.fileio import atomic_write_text, prepare_output_dir
-    from maskdepth.viz import save_png
-
     out = prepare_output_dir(out, EVAL_OUTPUT, force=force, inputs=[ckpt, data])
     record, result = evaluate_checkpoint(ckpt, data, split, worst_k=worst_k, **options)
     print(format_table(result.metrics))

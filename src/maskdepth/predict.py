@@ -10,30 +10,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from maskdepth.camera import CameraProfile
+from maskdepth.checkpoint import DEFAULT_CARD, default_weights, load_model_from_checkpoint, packaged_file
+from maskdepth.codecs import read_rgb, to_rgb_uint8
+from maskdepth.device import resolve_device
 from maskdepth.errors import UserError
-from maskdepth.layers import LAYER_FILES, add_layers, attach_camera, save_layers
-from maskdepth.progress import Progress
+from maskdepth.layers import add_layers, attach_camera
 
 # Working size for a checkpoint whose header does not say what size it was trained at.
 DEFAULT_TRAIN_SIZE = (192, 192)
 # Working sides are rounded to a multiple of this; the model pads to its own stride, and rounding to that (often
 # 32) would distort the aspect ratio at training sizes like 192.
 SIDE_MULTIPLE = 8
-# Where the shipped default weights and their card live inside the package.
-DEFAULT_WEIGHTS = "weights/default.safetensors"
-DEFAULT_CARD = "weights/default.json"
 
-ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]  # noqa: F821 (PIL imported lazily)
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
 @dataclass
@@ -80,10 +79,6 @@ def working_size(h: int, w: int, target: tuple[int, int] | int, multiple: int = 
 
 def to_rgb_array(x: ImageInput, what: str = "image") -> np.ndarray:
     """A file path, PIL image or array (gray, RGB, RGBA; uint8, uint16 or float in [0,1]) -> (H,W,3) uint8."""
-    from PIL import Image
-
-    from maskdepth.codecs import read_rgb, to_rgb_uint8
-
     if isinstance(x, (str, os.PathLike)):
         return read_rgb(x)
     if isinstance(x, Image.Image):
@@ -236,22 +231,6 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when there is one, else CPU. A device that is not there is a one-line error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device '{device}' is not available on this machine; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
-    return dev
-
-
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                **options: Any) -> Predictor:
     """Load a checkpoint (None: the default weights shipped in the package) for prediction.
@@ -259,22 +238,15 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     `options` go to Predictor: size, native, threshold, batch_size, bf16, camera (a camera.json path or
     CameraProfile: depth in metres, see layers.py).
     """
-    from maskdepth.checkpoint import load_model_from_checkpoint
-
     dev = resolve_device(device)
     if path is not None:
         model, header = load_model_from_checkpoint(path, map_location=dev)
         return Predictor(model, header, dev, **options)
-    from importlib.resources import as_file, files
-
-    weights = files("maskdepth").joinpath(DEFAULT_WEIGHTS)
-    if not weights.is_file():
-        raise UserError(f"maskdepth/{DEFAULT_WEIGHTS}: the default weights are not in this installation; pass a "
-                        "checkpoint (--ckpt PATH, load_model(path)) or install a maskdepth release that ships them")
-    with as_file(weights) as p:
-        model, header = load_model_from_checkpoint(p, map_location=dev)
+    weights = default_weights("the default weights are not in this installation; pass a checkpoint (--ckpt PATH, "
+                              "load_model(path)) or install a maskdepth release that ships them")
+    model, header = load_model_from_checkpoint(weights, map_location=dev)
     predictor = Predictor(model, header, dev, **options)
-    card = files("maskdepth").joinpath(DEFAULT_CARD)
+    card = packaged_file(DEFAULT_CARD)
     if card.is_file():
         try:
             predictor.card = json.loads(card.read_text(encoding="utf-8"))
@@ -288,199 +260,3 @@ def predict_images(modelpath: str | os.PathLike, filepath: str | os.PathLike, bg
     """Seed-style call: the model file, the folder the pictures are in, and the two file names."""
     folder = Path(filepath)
     return load_model(modelpath, device).predict(folder / bg, folder / image)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Files: what `maskdepth predict` reads and writes.
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-PREDICTION_FILES = ("mask.png", "mask_prob.png", "depth.png", "depth.json", "depth_color.png", "overlay.png")
-OUTPUT_FILES = PREDICTION_FILES + LAYER_FILES
-# what every run writes for a pair (objects.json comes only with a camera profile): a folder with all of them is done
-COMPLETE_FILES = PREDICTION_FILES + ("depth_bg.png",)
-OVERLAY_COLOR = (255, 64, 32)
-
-
-def find_pairs(bg: str | os.PathLike, image: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(bg, image) file pairs: a file and a file; one bg file for every image in a folder (fixed camera); or two
-    folders matched by file name without suffix."""
-    bg, image = Path(bg), Path(image)
-    for p, what in ((bg, "bg"), (image, "image")):
-        if not p.exists():
-            raise UserError(f"{p}: {what} not found; check the path")
-        if not p.is_file() and not p.is_dir():  # /dev/null, a FIFO, a socket: nothing to read a picture from
-            raise UserError(f"{p}: {what} is not a regular file or a folder; give a picture file or a folder")
-    if image.is_file():
-        if bg.is_dir():
-            raise UserError(f"{bg}: is a folder but --image is one file; give the bg file, or an image folder")
-        return [(bg, image)]
-    images = _image_files(image)
-    if bg.is_file():
-        return [(bg, p) for p in images]
-    bgs = {p.stem: p for p in _image_files(bg)}
-    missing = [p for p in images if p.stem not in bgs]
-    if missing:
-        raise UserError(f"{missing[0]}: no background named {missing[0].stem}.* in {bg} ({len(missing)} of "
-                        f"{len(images)} images unmatched); name each bg like its image, or give one bg file")
-    return [(bgs[p.stem], p) for p in images]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder; check the path")
-    stems = [p.stem for p in files]
-    if len(set(stems)) != len(stems):
-        dup = next(s for s in stems if stems.count(s) > 1)
-        raise UserError(f"{folder}: several images named {dup}.*; keep one per name so outputs do not collide")
-    return files
-
-
-def encode_prediction(pred: Prediction, image: np.ndarray, depth: DepthInfo) -> dict[str, bytes]:
-    """One prediction's pictures as `maskdepth predict` writes them and `maskdepth serve` sends them: mask.png (the
-    binary mask: 255 where mask_prob >= threshold, else 0), mask_prob.png (8-bit probability), depth.png (16-bit,
-    depth = value * depth.scale), depth_color.png (this picture's own depth range) and overlay.png (the binary
-    mask on the image)."""
-    from maskdepth.codecs import encode_depth_png, encode_png
-    from maskdepth.viz import colorize_depth, overlay
-
-    mask = pred.mask.astype(np.uint8) * 255
-    return {
-        "mask.png": encode_png(mask),
-        "mask_prob.png": encode_png((pred.mask_prob * 255.0 + 0.5).astype(np.uint8)),
-        # at least one step: PNG value 0 means 'unknown depth', and every predicted depth is known
-        "depth.png": encode_depth_png(np.maximum(pred.depth, depth.scale), depth.scale),
-        # colours span this picture's own depth range, so near and far read well in any unit
-        "depth_color.png": encode_png(colorize_depth(pred.depth)),
-        "overlay.png": encode_png(overlay(image, mask, OVERLAY_COLOR)),
-    }
-
-
-def save_prediction(pred: Prediction, image: np.ndarray, folder: Path, depth: DepthInfo,
-                    force: bool = False) -> None:
-    """Write encode_prediction's pictures and depth.json (unit, scale) into `folder`, each atomically; overlay.png
-    is written last, so a folder that has it is complete."""
-    from maskdepth.fileio import atomic_write_bytes, atomic_write_text, write_error
-
-    if not force:
-        _refuse_existing([folder])
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_error(folder, e) from None
-    pictures = encode_prediction(pred, image, depth)
-    last = pictures.pop("overlay.png")
-    for name, data in pictures.items():
-        atomic_write_bytes(folder / name, data)
-    atomic_write_text(folder / "depth.json", json.dumps(
-        {"file": "depth.png", "unit": depth.unit, "scale": depth.scale, "max": depth.max,
-         "meaning": "depth = PNG value * scale, in unit"}, indent=2) + "\n")
-    atomic_write_bytes(folder / "overlay.png", last)
-
-
-def _refuse_existing(folders: list[Path]) -> None:
-    for folder in folders:
-        for name in OUTPUT_FILES:
-            if (folder / name).exists():
-                raise UserError(f"{folder / name}: already exists; pass --force to overwrite, or choose another --out")
-
-
-def plan_outputs(bg: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,
-                 force: bool = False, resume: bool = False) -> list[tuple[Path, Path, Path]]:
-    """(bg file, image file, output folder) for each pair: `out` itself for one image file, `out/<image name>/`
-    for an image folder. Refuses, before any work, to write over existing outputs unless `force`; with `resume`
-    pairs whose outputs are complete are left out (and the others' outputs are written anew)."""
-    from maskdepth.fileio import remove_stale_temps
-
-    pairs = find_pairs(bg, image)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file, not a folder; choose another --out")
-    _check_writable(out)
-    folders = [out] if Path(image).is_file() else [out / p.stem for _, p in pairs]
-    inputs = {p.resolve() for pair in pairs for p in pair}
-    for f in folders:
-        hit = next((f / n for n in OUTPUT_FILES if (f / n).resolve() in inputs), None)
-        if hit is not None:
-            raise UserError(f"{hit}: is an input of this command and would be overwritten; choose another --out")
-    plan = [(b, i, f) for (b, i), f in zip(pairs, folders)]
-    if resume:
-        for f in folders:
-            remove_stale_temps(f)  # what a killed earlier run left
-        return [(b, i, f) for b, i, f in plan if not all((f / n).is_file() for n in COMPLETE_FILES)]
-    if not force:
-        _refuse_existing(folders)
-    return plan
-
-
-def _check_writable(out: Path) -> None:
-    """The nearest existing folder at or above `out` must be a folder we may write in (one line, not OSError)."""
-    p = out.absolute()
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir():
-        raise UserError(f"{out}: {p} is a file, not a folder; choose another --out")
-    if not os.access(p, os.W_OK):
-        raise UserError(f"{out}: cannot write in {p} (read-only or not yours); choose another --out")
-
-
-def predict_files(predictor: Predictor, plan: list[tuple[Path, Path, Path]], resize_bg: bool = False,
-                  progress: bool = True, skip_bad: bool = False) -> list[tuple[Path, str]]:
-    """`maskdepth predict`: run and write every (bg, image, folder) of `plan_outputs`, batch by batch. With
-    `skip_bad` a pair that cannot be read or predicted is reported on stderr and passed over; returns those
-    (image, why)."""
-    skipped: list[tuple[Path, str]] = []
-
-    def read(path: Path) -> np.ndarray | None:
-        try:
-            return to_rgb_array(path)
-        except UserError as e:
-            if not skip_bad:
-                raise
-            skipped.append((path, str(e)))
-            print(f"maskdepth: skipped {path}: {e}", file=sys.stderr)
-            return None
-
-    # the fixed-camera bg is read once and, being one array, converted once per batch
-    shared = len({b for b, _, _ in plan}) == 1
-    shared_bg = to_rgb_array(plan[0][0]) if shared and plan else None
-    n = predictor.batch_size
-    with Progress(len(plan), "predict", unit="pair", enabled=progress and len(plan) > 1) as bar:
-        for i in range(0, len(plan), n):
-            chunk = []
-            for b, p, f in plan[i:i + n]:
-                bg = shared_bg if shared else read(b)
-                img = read(p) if bg is not None else None
-                if img is not None:
-                    chunk.append((bg, img, p, f))
-            for pred, (_, img, _, folder) in zip(_predict_chunk(predictor, chunk, resize_bg, skip_bad, skipped),
-                                                 chunk):
-                if pred is not None:
-                    save_prediction(pred, img, folder, predictor.depth, force=True)  # plan_outputs checked
-                    save_layers(pred, folder, predictor.depth, predictor.camera)
-            bar.update(len(plan[i:i + n]))
-    return skipped
-
-
-def _predict_chunk(predictor: Predictor, chunk: list, resize_bg: bool, skip_bad: bool,
-                   skipped: list[tuple[Path, str]]) -> list[Prediction | None]:
-    """Predictions of a chunk of (bg, image, image path, folder); with `skip_bad` a failing batch is run pair by
-    pair and the pairs that fail are None."""
-    def run(part: list) -> list[Prediction]:
-        return predictor.predict_arrays([c[0] for c in part], [c[1] for c in part], resize_bg,
-                                        names=[str(c[2]) for c in part])
-
-    if not skip_bad:
-        return list(run(chunk))
-    try:
-        return list(run(chunk))
-    except UserError:
-        preds: list[Prediction | None] = []
-        for c in chunk:
-            try:
-                preds.extend(run([c]))
-            except UserError as e:
-                skipped.append((c[2], str(e)))
-                print(f"maskdepth: skipped {c[2]}: {e}", file=sys.stderr)
-                preds.append(None)
-        return preds

@@ -27,7 +27,8 @@ from starlette.routing import Route
 from maskdepth.codecs import encode_png, to_rgb_uint8
 from maskdepth.errors import UserError
 from maskdepth.fileio import open_image_bytes
-from maskdepth.predict import Predictor, encode_prediction
+from maskdepth.predict import Predictor
+from maskdepth.prediction_files import encode_prediction
 from maskdepth.viz import TURBO_LUT
 
 MAX_UPLOAD_BYTES = 25 * 2**20  # a whole request: two camera frames as PNG fit many times over

@@ -31,7 +31,8 @@ from maskdepth.fileio import (
     prepare_output_dir,
     require_file,
 )
-from maskdepth.predict import OVERLAY_COLOR, Prediction, Predictor, to_rgb_array
+from maskdepth.predict import Prediction, Predictor, to_rgb_array
+from maskdepth.prediction_files import OVERLAY_COLOR
 from maskdepth.progress import Progress
 from maskdepth.viz import colorize_depth, overlay
 

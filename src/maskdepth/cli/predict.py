@@ -98,7 +98,8 @@ def run_predict(args) -> int:
         # encoding (2-4x the frames per second on 2 shared cores). Read when torch loads: set before its import.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from maskdepth.errors import UserError
-    from maskdepth.predict import load_model, plan_outputs, predict_files
+    from maskdepth.predict import load_model
+    from maskdepth.prediction_files import plan_outputs, predict_files
 
     if args.size is not None and args.size < 8:
         raise UserError(f"--size {args.size}: too small; give a side of at least 8 pixels")

@@ -82,7 +82,8 @@ def _train(args) -> int:
     from maskdepth.errors import UserError
     from maskdepth.train.config import load_config
     from maskdepth.train.loop import train
-    from maskdepth.train.rundir import CONFIG, command_line, load_state, open_existing
+    from maskdepth.train.resume import load_state
+    from maskdepth.train.rundir import CONFIG, command_line, open_existing
 
     overrides = {key: getattr(args, flag) for flag, key in SHORT_FLAGS.items() if getattr(args, flag) is not None}
     if args.resume:

@@ -29,34 +29,78 @@ from maskdepth.errors import UserError
 from maskdepth.losses import LossWeights
 from maskdepth.metrics import METRIC_NAMES
 
+# Where training batches come from ([data] train_source).
+TRAIN_SOURCES = {
+    "shards": "the samples of dataset `dir` (split train_split) as `data make` / `data import` stored them",
+    "procedural": "generated on the fly from gen_backgrounds procedural rooms and gen_cutouts cutouts",
+    "composed": "generated on the fly from the backgrounds (split train_split) and the cutouts of dataset `dir`",
+}
+# Where evaluation batches come from ([data] eval_source); "auto" is resolved when the config is built.
+EVAL_SOURCES = {
+    "split": "split eval_split of dataset `dir`",
+    "held-out": "gen_eval_batches batches of the train source's generator, drawn once with another seed",
+    "none": "no evaluation",
+}
+# The spelling of configs and run folders before train_source: [data] generator (and --generator) -> train_source.
+GENERATOR_TO_TRAIN_SOURCE = {"": "shards", "procedural": "procedural", "dataset": "composed"}
+
 
 @dataclass
 class DataConfig:
-    """Where batches come from: a dataset folder (`dir`) or the on-the-fly generator."""
+    """Where batches come from: `train_source` and `eval_source` (TRAIN_SOURCES, EVAL_SOURCES) and their settings."""
 
+    train_source: str = "shards"  # "shards", "procedural" or "composed" (TRAIN_SOURCES)
+    # "split", "held-out" or "none" (EVAL_SOURCES); "auto": none without eval_split, else split with a `dir`,
+    # else held-out
+    eval_source: str = "auto"
     dir: str = ""               # dataset folder (maskdepth data make / import)
-    generator: str = ""         # "" = read shards from `dir`; "procedural" or "dataset" (assets of `dir`)
     size: int = 64              # training and evaluation side in pixels (square)
     train_split: str = "train"
-    eval_split: str = "test"    # "" = no evaluation
+    eval_split: str = "test"
     eval_samples: int = 0       # evaluate on the first (about) this many samples (0 = the whole split)
     workers: int = 2            # loader worker processes per rank
     augment: bool = True        # joint augmentation of training batches ([augment] section)
     capture: bool = True        # background-capture realism on the bg input ([capture] section)
-    gen_backgrounds: int = 64   # generator "procedural": number of procedural backgrounds and cutouts
+    gen_backgrounds: int = 64   # train source "procedural": number of procedural backgrounds and cutouts
     gen_cutouts: int = 128
-    gen_eval_batches: int = 8   # generator without a dataset: held-out batches drawn once with another seed
+    gen_eval_batches: int = 8   # eval source "held-out": number of batches
 
     def __post_init__(self) -> None:
-        if self.generator not in ("", "procedural", "dataset"):
-            raise UserError(f"[data] generator = {self.generator!r}: use \"\" (read shards), \"procedural\" "
-                            "or \"dataset\"")
-        if not self.dir and self.generator != "procedural":
+        if self.train_source not in TRAIN_SOURCES:
+            raise UserError(f"[data] train_source = {self.train_source!r}: use {_choices(TRAIN_SOURCES)}")
+        if not self.dir and self.train_source != "procedural":
             raise UserError("no training data: give a dataset folder (--data DIR) or use the on-the-fly "
                             "generator (--generator procedural)")
+        if self.eval_source == "auto":
+            self.eval_source = "none" if not self.eval_split else "split" if self.dir else "held-out"
+        if self.eval_source not in EVAL_SOURCES:
+            raise UserError(f"[data] eval_source = {self.eval_source!r}: use {_choices(EVAL_SOURCES)} or \"auto\"")
+        if self.eval_source == "split" and not (self.dir and self.eval_split):
+            raise UserError("[data] eval_source = \"split\" needs a dataset folder (--data DIR) and an eval_split; "
+                            "or use eval_source = \"held-out\" or \"none\"")
+        if self.eval_source == "held-out" and self.train_source == "shards":
+            raise UserError("[data] eval_source = \"held-out\" draws from the on-the-fly generator, which train_source "
+                            "= \"shards\" has not; use eval_source = \"split\" or \"none\"")
         _positive("data", "size", self.size)
         _non_negative("data", "workers", self.workers)
         _non_negative("data", "eval_samples", self.eval_samples)
+
+
+def data_from_old_spelling(table: dict[str, Any]) -> dict[str, Any]:
+    """A [data] table with the earlier key `generator` (configs, run folders and --generator before train_source)
+    as train_source. Given beside train_source (a --generator flag over a config file), `generator` wins."""
+    if "generator" not in table:
+        return table
+    table = dict(table)
+    generator = table.pop("generator")
+    if not isinstance(generator, str) or generator not in GENERATOR_TO_TRAIN_SOURCE:
+        raise UserError(f"[data] generator = {generator!r}: use \"\" (read shards), \"procedural\" or \"dataset\"")
+    table["train_source"] = GENERATOR_TO_TRAIN_SOURCE[generator]
+    return table
+
+
+def _choices(names: dict[str, str]) -> str:
+    return ", ".join(f"\"{n}\"" for n in names)
 
 
 @dataclass
@@ -147,7 +191,6 @@ class TrainConfig:
             _positive("train", name, getattr(self, name))
         for name in ("steps", "epoch_steps", "eval_every", "checkpoint_every", "samples", "time_budget_s"):
             _non_negative("train", name, getattr(self, name))
-
         if self.best_metric != "loss" and self.best_metric not in METRIC_NAMES:
             raise UserError(f"[train] best_metric = {self.best_metric!r}: use \"loss\" or a metric name "
                             f"({', '.join(METRIC_NAMES)})")
@@ -245,6 +288,8 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     built: dict[str, Any] = {}
     for name, f in SECTIONS.items():
         table = dict(raw.get(name, {}))
+        if name == "data":
+            table = data_from_old_spelling(table)
         cls = _section_class(f)
         known = {x.name: x for x in fields(cls)}
         hints = typing.get_type_hints(cls)

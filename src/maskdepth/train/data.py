@@ -12,9 +12,17 @@ from typing import Any
 
 import torch
 
+from maskdepth.data.augment import AugmentConfig, augment_batch, resize_batch
+from maskdepth.data.banks import seed_for
+from maskdepth.data.capture import CaptureConfig
+from maskdepth.data.format import DEPTH_SCALE, DatasetDir
+from maskdepth.data.generator import OnTheFlyGenerator
+from maskdepth.data.loader import make_loader
+from maskdepth.device import to_device
 from maskdepth.errors import UserError
+from maskdepth.evaluate import first_samples
 from maskdepth.train.config import Config
-from maskdepth.train.dist import Place
+from maskdepth.train.dist import DeviceRank
 
 Batch = dict[str, torch.Tensor]
 # seed offset of the held-out generator stream (evaluation without a dataset)
@@ -23,36 +31,25 @@ EVAL_SEED_OFFSET = 1_000_003
 AUGMENT_STREAM = 101
 
 
-def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
-    """Copy a batch to `device` (non-blocking from pinned memory); pictures channels_last when asked."""
-    out = {}
-    for k, v in batch.items():
-        v = v.to(device, non_blocking=True)
-        if channels_last and v.dim() == 4:
-            v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
-
-
 class TrainData:
     """Batches for one run. `depth_max`, `depth_unit`, `depth_scale` and `describe` say what the data is."""
 
-    def __init__(self, config: Config, place: Place):
+    def __init__(self, config: Config, place: DeviceRank):
         self.config, self.place = config, place
         d = config.data
         self.channels_last = place.device.type == "cuda" and config.train.channels_last
         self.dataset = None
         if d.dir:
-            from maskdepth.data.format import DatasetDir
-
             self.dataset = DatasetDir(d.dir)
         self.generator = None
-        if d.generator:
+        if d.train_source != "shards":
             # every rank its own stream: together they are one larger batch of new samples
             self.generator = self._make_generator(config.train.seed + place.rank)
             self.depth_max = float(self.generator.depth_max)
-            self.depth_unit = "metres" if d.generator == "procedural" else self.dataset.depth_unit
-            self.describe = f"generator {d.generator}" + (f" ({d.dir})" if d.generator == "dataset" else "")
+            procedural = d.train_source == "procedural"
+            self.depth_unit = "metres" if procedural else self.dataset.depth_unit
+            # the words of run.json and checkpoint headers since before train_source
+            self.describe = "generator procedural" if procedural else f"generator dataset ({d.dir})"
         else:
             self.depth_max = self.dataset.depth_max
             self.depth_unit = self.dataset.depth_unit
@@ -60,30 +57,22 @@ class TrainData:
         if self.dataset is not None:
             self.depth_scale = self.dataset.depth_scale
         else:
-            from maskdepth.data.format import DEPTH_SCALE  # what `data make` would store for these scenes
-
-            self.depth_scale = DEPTH_SCALE
+            self.depth_scale = DEPTH_SCALE  # what `data make` would store for these scenes
         self._held_out: list[Batch] | None = None
 
     def _make_generator(self, seed: int):
-        from maskdepth.data.generator import OnTheFlyGenerator
-
         d = self.config.data
         capture = self._capture()
-        if d.generator == "procedural":
+        if d.train_source == "procedural":
             return OnTheFlyGenerator.procedural(d.gen_backgrounds, d.gen_cutouts, d.size, seed, capture=capture,
                                                 device=self.place.device)
         return OnTheFlyGenerator.from_dataset(d.dir, d.train_split, seed=seed, capture=capture,
                                               device=self.place.device)
 
     def _augment(self):
-        from maskdepth.data.augment import AugmentConfig
-
         return AugmentConfig(**self.config.augment) if self.config.data.augment else None
 
     def _capture(self):
-        from maskdepth.data.capture import CaptureConfig
-
         return CaptureConfig(**self.config.capture) if self.config.data.capture else None
 
     # -- training -----------------------------------------------------------------------------------------
@@ -94,8 +83,6 @@ class TrainData:
         return global_batch // self.place.world_size
 
     def _loader(self, epoch: int, size: int, global_batch: int, skip: int):
-        from maskdepth.data.loader import make_loader
-
         d = self.config.data
         return make_loader(d.dir, d.train_split, self.per_rank(global_batch), size, train=True,
                            augment=self._augment(), capture=self._capture(), workers=d.workers,
@@ -127,9 +114,6 @@ class TrainData:
         return (to_device(batch, self.place.device, self.channels_last) for batch in loader)
 
     def _generated(self, size: int, batch_size: int) -> Iterator[Batch]:
-        from maskdepth.data.augment import augment_batch, resize_batch
-        from maskdepth.data.banks import seed_for
-
         # Joint augmentation (crops: other scales and framings) works sample by sample, which suits the host; on
         # a GPU the generator's own variety stands alone, so that nothing there waits on per-sample work.
         augment = self._augment() if self.generator.device.type == "cpu" else None
@@ -153,13 +137,13 @@ class TrainData:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def has_eval(self) -> bool:
-        return bool(self.config.data.eval_split) and (self.dataset is not None or self.generator is not None)
+        return self.config.data.eval_source != "none"
 
     def eval_batches(self, global_batch: int) -> Iterator[Batch] | list[Batch]:
-        """This rank's part of the evaluation set at data.size: the dataset's eval split (the loader splits it
-        over the ranks), or without a dataset, held-out generator batches drawn once with another seed."""
+        """This rank's part of the evaluation set at data.size: with eval_source "split" the dataset's eval split
+        (the loader splits it over the ranks), with "held-out" generator batches drawn once with another seed."""
         d = self.config.data
-        if self.dataset is not None:
+        if d.eval_source == "split":
             return self._eval_from_shards(self.per_rank(global_batch))
         if self._held_out is None:
             # drawn at the global batch size and sliced, so the set does not depend on the process count
@@ -171,9 +155,6 @@ class TrainData:
         return self._held_out
 
     def _eval_from_shards(self, batch_size: int) -> Iterator[Batch]:
-        from maskdepth.data.loader import make_loader
-        from maskdepth.evaluate import first_samples
-
         d = self.config.data
         loader = make_loader(d.dir, d.eval_split, batch_size, d.size, train=False, workers=d.workers,
                              seed=self.config.train.seed, pin_memory=self.place.device.type == "cuda")

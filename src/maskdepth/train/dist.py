@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from maskdepth.errors import UserError
+from maskdepth.device import resolve_device
 
 
 @dataclass(frozen=True)
-class Place:
+class DeviceRank:
+    """This process's device and its rank among `world_size` processes (one process, rank 0, without torchrun)."""
+
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -29,25 +31,7 @@ class Place:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this rank's GPU when CUDA is available, else the CPU; otherwise the named device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
-
-
-def setup(device_name: str) -> Place:
+def setup(device_name: str) -> DeviceRank:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK; with more than one process, join the process group
     (NCCL on CUDA, gloo on the CPU). Without them: one process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -59,7 +43,7 @@ def setup(device_name: str) -> Place:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=30))
-    return Place(device, rank, world_size, local_rank)
+    return DeviceRank(device, rank, world_size, local_rank)
 
 
 def teardown() -> None:
@@ -67,7 +51,7 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def all_true(flag: bool, place: Place) -> bool:
+def all_true(flag: bool, place: DeviceRank) -> bool:
     """True only if `flag` is true on every rank (the same answer everywhere, so every rank takes one path)."""
     if not place.distributed:
         return flag
@@ -76,7 +60,7 @@ def all_true(flag: bool, place: Place) -> bool:
     return bool(t.item() > 0.5)
 
 
-def all_mean(values: dict[str, float], place: Place) -> dict[str, float]:
+def all_mean(values: dict[str, float], place: DeviceRank) -> dict[str, float]:
     """Mean over ranks of each value (for logged losses)."""
     if not place.distributed or not values:
         return values

@@ -7,16 +7,14 @@ RUN/
   tb/               TensorBoard events
   samples/          sample grids, one PNG per epoch
   last.safetensors  the latest weights;  best.safetensors  the best by train.best_metric
-  state.pt          resumable state (weights, optimizer, scheduler, position, RNG), torch.load(weights_only)
+  state.pt          resumable state (weights, optimizer, scheduler, position, RNG): train/resume.py
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,6 @@ from maskdepth import __version__
 from maskdepth.errors import UserError
 from maskdepth.fileio import (
     OutputKind,
-    atomic_path,
     atomic_write_text,
     prepare_output_dir,
     remove_stale_temps,
@@ -160,51 +157,6 @@ def truncate_metrics(path: Path, step: int) -> None:
     if p.is_file():
         keep = [json.dumps(r, sort_keys=True) for r in read_metrics(path) if r["step"] <= step]
         atomic_write_text(p, "".join(line + "\n" for line in keep))
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the loop may draw from, in types torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    # serialised in memory first: torch.save onto a full disk fails with an opaque RuntimeError, a plain write
-    # with OSError, which atomic_path turns into one line naming the file
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path / STATE) as tmp:
-        tmp.write_bytes(buf.getbuffer())
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    p = path / STATE
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file gets the same one-line answer
-        raise UserError(f"{p}: unreadable resumable state ({type(e).__name__}); start the run again with "
-                        "--force") from None
 
 
 def command_line() -> list[str]:
