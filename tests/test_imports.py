@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "maskdepth"
 
@@ -138,16 +136,8 @@ def test_the_graph_sees_lazy_relative_and_type_checking_imports(tmp_path):
 
 
 # The one cycle left: evaluate imports train.data.to_device, train.data imports evaluate.first_samples.
-KNOWN = {frozenset({"maskdepth.evaluate", "maskdepth.train.data"})}
 
 
-@pytest.mark.xfail(strict=False, reason="evaluate <-> train.data (to_device, first_samples)")
 def test_no_import_cycle_between_modules():
     found = cycles(import_graph())
-    assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
-
-
-def test_no_import_cycle_but_the_known_one():
-    graph = import_graph()
-    found = [c for c in cycles(graph) if frozenset(c) not in KNOWN]
     assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
