@@ -88,7 +88,6 @@ class _Trainer:
         self.scheduler = make_scheduler(config, self.optimizer, self.plan)
         self.guard = BufferGuard(self.model)
         self.pos = LoopPosition()
-        self.last_eval: dict[str, Any] = {}
         self._setup_run_folder(resume, force, argv)
         self.tb = SummaryWriter(str(out / "tb"), purge_step=self.pos.step if resume else None) \
             if place.main else None
@@ -148,7 +147,6 @@ class _Trainer:
             return
         self.pos = resumemod.restore_state(state, self.out, self.place, self.model, self.optimizer, self.scheduler,
                                      self.data)
-        self.last_eval = state.get("last_eval", {})  # the next checkpoints' headers carry it (older states lack it)
         self.guard.keep()
         if self.place.main:
             print(f"resuming {self.out} at step {self.pos.step} (epoch {self.pos.epoch + 1}, batch "
@@ -180,7 +178,7 @@ class _Trainer:
         finally:
             if self.tb is not None:
                 self.tb.close()
-        return self.last_eval
+        return self.pos.last_eval
 
     def _run_epoch(self) -> bool:
         """The rest of the current epoch, or less when train.time_budget_s runs out (then True)."""
@@ -308,7 +306,7 @@ class _Trainer:
         split = self.config.data.eval_split if self.config.data.eval_source == "split" else "held-out"
         record = {"split": split, "step": pos.step, "epoch": epoch, "loss": result.losses,
                   "metrics": result.metrics, "samples": result.samples}
-        self.last_eval = record
+        self.pos.last_eval = record
         improved = self._update_best(result)
         if not self.place.main:
             return
@@ -360,9 +358,8 @@ class _Trainer:
         previous state and writes both again (with the state first, a kill in the run's final checkpoint left a
         finished state beside the previous step's weights)."""
         if self.place.main:
-            save_checkpoint(self.out / rundir.LAST, self.model, self._header(self.last_eval))
-        resumemod.save_state(self.out, self.place, self.pos, self.model, self.optimizer, self.scheduler, self.data,
-                             self.last_eval)
+            save_checkpoint(self.out / rundir.LAST, self.model, self._header(self.pos.last_eval))
+        resumemod.save_state(self.out, self.place, self.pos, self.model, self.optimizer, self.scheduler, self.data)
 
     def _barrier(self) -> None:
         if self.place.distributed:

@@ -3,14 +3,14 @@
 It holds the loop's position (`LoopPosition`), the weights, optimizer and scheduler states, every RNG the loop
 draws from, each rank's data position (the generator's; a loader's is the step count) and the process count. A
 run continued from it takes the same steps, bit for bit on the CPU, as one that was never stopped. The keys are
-those of every earlier state.pt, so runs begun before stay resumable.
+those of every earlier state.pt, so runs begun before stay resumable (`last_eval`, added later, may be missing).
 """
 
 from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,12 @@ class LoopPosition:
     best: float | None = None  # the best evaluation value so far (train.best_metric)
     bad_in_row: int = 0        # non-finite steps skipped in a row
     train_time: float = 0.0    # seconds of training (evaluation not counted): train.time_budget_s
+    last_eval: dict[str, Any] = field(default_factory=dict)  # the latest evaluation record: checkpoint headers
 
 
 def save_state(run: Path, place: DeviceRank, pos: LoopPosition, model: nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, data: TrainData, last_eval: dict[str, Any]) -> None:
-    """Write RUN/state.pt atomically (rank 0 writes; every rank must call it, for its data position).
-    `last_eval` is the latest evaluation record, which the checkpoints written after a resume carry."""
+         scheduler: Any, data: TrainData) -> None:
+    """Write RUN/state.pt atomically (rank 0 writes; every rank must call it, for its data position)."""
     data_state = data.state_dict()
     if place.distributed and data_state:
         gathered: list[Any] = [None] * place.world_size
@@ -56,7 +56,7 @@ def save_state(run: Path, place: DeviceRank, pos: LoopPosition, model: nn.Module
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": rng_state(), "data": data_state, "best": pos.best, "bad_in_row": pos.bad_in_row,
-        "train_time": pos.train_time, "world_size": place.world_size, "last_eval": last_eval,
+        "train_time": pos.train_time, "world_size": place.world_size, "last_eval": pos.last_eval,
     }
     # serialised in memory first: torch.save onto a full disk fails with an opaque RuntimeError, a plain write
     # with OSError, which atomic_path turns into one line naming the file
@@ -86,7 +86,7 @@ def restore_state(state: dict[str, Any], run: Path, place: DeviceRank, model: nn
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     pos = LoopPosition(state["step"], state["epoch"], state["batch_in_epoch"], state["best"], state["bad_in_row"],
-                       state["train_time"])
+                       state["train_time"], state.get("last_eval", {}))
     if state["data"]:
         data.load_state_dict(state["data"]["ranks"][place.rank])
     set_rng_state(state["rng"])
