@@ -87,6 +87,7 @@ def main() -> int:
     p.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped default weights)")
     p.add_argument("--size", type=int, default=None, help="predict's working size (default: predict's default)")
     p.add_argument("--native", action="store_true", help="run at the composite's own size")
+    p.add_argument("--no-align", action="store_true", help="predict with the bg as captured (align_bg=False)")
     p.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="folder for the composites (default: a temporary one)")
@@ -103,15 +104,18 @@ def main() -> int:
                                       seed=args.seed, workers=2)
             pairs = load_pairs(data)
             options = {"native": True} if args.native else ({"size": args.size} if args.size else {})
+            options["align_bg"] = not args.no_align
             predictor = load_model(args.ckpt, "cpu", **options)
             results, t0 = {}, time.perf_counter()
             for cond in args.conditions:
                 results[cond] = score_condition(predictor, pairs, cond, seed=args.seed)
                 m, b = results[cond]["model"], results[cond]["baseline"]
+                reg = results[cond]["baseline_registered"]
                 print(f"{cond:9s} model IoU {m['mask_iou']:.3f} (per image {m['mask_iou_per_image']:.3f}, "
                       f"boundary F {m['mask_boundary_f']:.3f})   differencing IoU {b['mask_iou']:.3f} "
                       f"(per image {b['mask_iou_per_image']:.3f}, boundary F {b['mask_boundary_f']:.3f}, "
-                      f"t={b['threshold']})   margin {results[cond]['margin_iou']:+.3f}", flush=True)
+                      f"t={b['threshold']})   margin {results[cond]['margin_iou']:+.3f}   registered differencing "
+                      f"IoU {reg['mask_iou']:.3f}", flush=True)
     except UserError as e:
         print(f"real_photos: error: {e}", file=sys.stderr)
         return 2
@@ -119,7 +123,7 @@ def main() -> int:
     report = {
         "benchmark": "real_photos", "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "maskdepth": __version__, "ckpt": args.ckpt or "default weights",
+        "maskdepth": __version__, "ckpt": args.ckpt or "default weights", "align_bg": not args.no_align,
         "model": predictor.model_name, "work_size": list(predictor.work_size(h, w)),
         "data": {"bg_dir": _shown(args.bg_dir), "fg_dir": _shown(args.fg_dir), "backgrounds": args.backgrounds,
                  "cutouts": args.cutouts, "size": args.data_size, "fg_scale": args.fg_scale, "seed": args.seed,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from maskdepth import align
 from maskdepth.camera import CameraProfile
 from maskdepth.checkpoint import DEFAULT_CARD, default_weights, load_model_from_checkpoint, packaged_file
 from maskdepth.codecs import read_rgb, to_rgb_uint8
@@ -46,6 +47,7 @@ class Prediction:
     work_size: tuple[int, int]  # (H, W) the model ran at
     depth_bg: np.ndarray | None = None  # (H,W) float32 depth of the empty scene behind the foreground (layers.py)
     objects: list[dict[str, Any]] | None = None  # with a camera profile: the foreground's regions in metres
+    registration: dict[str, Any] | None = None  # how the bg was moved and recoloured onto the image (align.py)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, header: dict[str, Any] | None = None,
                  device: str | torch.device | None = None, size: int | tuple[int, int] | None = None,
                  native: bool = False, threshold: float = 0.5, batch_size: int = 8, bf16: bool | None = None,
-                 camera: str | os.PathLike | CameraProfile | None = None):
+                 camera: str | os.PathLike | CameraProfile | None = None, align_bg: bool = True):
         header = header or {}
         if not (isinstance(threshold, int | float) and 0 < threshold < 1):  # nan fails too
             raise UserError(f"threshold {threshold}: give the mask probability threshold as a number strictly "
@@ -128,6 +130,7 @@ class Predictor:
         self.train_size: tuple[int, int] = (int(ts[0]), int(ts[1])) if ts else DEFAULT_TRAIN_SIZE
         self.size, self.native, self.threshold, self.batch_size = size, native, threshold, max(1, batch_size)
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
+        self.align_bg = align_bg  # register the bg onto each image first: a nudged camera, changed light
         # a camera profile (camera.json): depth in metres with its one scale, the static scene from the bg
         self.camera: CameraProfile | None = attach_camera(self, camera)
         self.scene_depth_cache: dict[str, np.ndarray] = {}  # the model's depth of recent empty scenes (layers.py)
@@ -193,6 +196,10 @@ class Predictor:
                 bg = _to_tensor(bgs, (wh, ww), self.device)
             else:  # --resize-bg with backgrounds of several sizes
                 bg = torch.cat([_to_tensor([b], (wh, ww), self.device) for b in bgs])
+            reg = None
+            if self.align_bg:
+                reg = align.register(bg, image)
+                bg = align.apply(bg, reg)
             if self.device.type == "cuda":
                 bg = bg.contiguous(memory_format=torch.channels_last)
                 image = image.contiguous(memory_format=torch.channels_last)
@@ -211,7 +218,8 @@ class Predictor:
         prob_np = prob[:, 0].cpu().numpy()
         depth_np = depth[:, 0].cpu().numpy()
         preds = [Prediction(mask_prob=p, mask=p >= self.threshold, depth=d, depth_unit=self.depth.unit,
-                            work_size=(wh, ww)) for p, d in zip(prob_np, depth_np)]
+                            work_size=(wh, ww), registration=reg.describe(k) if reg is not None else None)
+                 for k, (p, d) in enumerate(zip(prob_np, depth_np))]
         if layers:
             add_layers(self, bgs, preds)
         return preds
@@ -236,7 +244,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     """Load a checkpoint (None: the default weights shipped in the package) for prediction.
 
     `options` go to Predictor: size, native, threshold, batch_size, bf16, camera (a camera.json path or
-    CameraProfile: depth in metres, see layers.py).
+    CameraProfile: depth in metres, see layers.py), align_bg (False: use the bg as captured, see align.py).
     """
     dev = resolve_device(device)
     if path is not None:

@@ -27,6 +27,7 @@ import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from PIL import Image
 
+from maskdepth import align
 from maskdepth.data.loader import make_loader
 from maskdepth.metrics import Metrics
 
@@ -135,17 +136,37 @@ class MaskScore:
         return {k: round(out[k], 4) for k in MASK_KEYS}
 
 
+def registered_bgs(bgs: list[np.ndarray], images: list[np.ndarray]) -> list[np.ndarray]:
+    """Each bg moved and recoloured onto its image by align.py, as uint8 arrays."""
+    def t(arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    bg, image = t(bgs), t(images)
+    out = align.apply(bg, align.register(bg, image))
+    return list((out * 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def _thresholded(diffs: list[np.ndarray], masks: list[np.ndarray]) -> dict:
+    t = best_threshold(diffs, masks)
+    score = MaskScore()
+    for s, m in zip(diffs, masks):
+        score.add((s >= t).astype(np.float32), m)
+    return {**score.result(), "threshold": t}
+
+
 def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0,
                     batch_size: int = 16) -> dict:
     """The model (a predict.Predictor, run with its own settings) and the differencing baseline on `pairs` under
-    `condition`: {"model": metrics, "baseline": metrics + threshold, "margin": model - baseline IoU}."""
-    model, diffs, pending = MaskScore(), [], []
+    `condition`: {"model": metrics, "baseline": metrics + threshold, "margin": model - baseline IoU,
+    "baseline_registered": the baseline after align.py's registration of the bg, what the network adds to it}."""
+    model, diffs, diffs_reg, pending = MaskScore(), [], [], []
     masks = [p.mask for p in pairs]
 
     def flush() -> None:
-        preds = predictor.predict_arrays([b for b, _, _ in pending], [i for _, i, _ in pending], layers=False)
+        bgs, images = [b for b, _, _ in pending], [i for _, i, _ in pending]
+        preds = predictor.predict_arrays(bgs, images, layers=False)
         for pred, (_, _, mask) in zip(preds, pending):
             model.add(pred.mask_prob, mask)
+        diffs_reg.extend(difference_score(b, i) for b, i in zip(registered_bgs(bgs, images), images))
         pending.clear()
 
     for pair, (bg, image) in zip(pairs, conditioned_pairs(pairs, condition, seed)):
@@ -155,11 +176,8 @@ def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0,
             flush()
     if pending:
         flush()
-    t = best_threshold(diffs, masks)
-    baseline = MaskScore()
-    for s, m in zip(diffs, masks):
-        baseline.add((s >= t).astype(np.float32), m)
-    out = {"model": model.result(), "baseline": {**baseline.result(), "threshold": t}}
+    out = {"model": model.result(), "baseline": _thresholded(diffs, masks),
+           "baseline_registered": _thresholded(diffs_reg, masks)}
     out["margin_iou"] = round(out["model"]["mask_iou"] - out["baseline"]["mask_iou"], 4)
     return out
 

@@ -26,6 +26,7 @@ def register(sub) -> None:
                        help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
     where.add_argument("--native", action="store_true", help="run at the input's own size")
     p.add_argument("--resize-bg", action="store_true", help="resample a bg whose size differs from the image's")
+    add_no_align(p)
     p.add_argument("--threshold", type=float, default=0.5,
                    help="mask.png is on where the probability is at least this, in (0, 1) (default: 0.5)")
     p.add_argument("--camera", default=None, metavar="CAMERA_JSON",
@@ -85,6 +86,12 @@ def _add_ckpt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", default=None, help="model checkpoint (default: the weights shipped with maskdepth)")
 
 
+def add_no_align(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-align", action="store_true",
+                   help="use the bg as captured; by default it is first registered onto each image (a camera "
+                        "nudged by a few pixels, changed exposure or white balance)")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one)")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
@@ -117,7 +124,8 @@ def run_predict(args) -> int:
         print(f"nothing to do: every pair already has its outputs in {args.out}")
         return 0
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
-                           batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera)
+                           batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera,
+                           align_bg=not args.no_align)
     skipped = predict_files(predictor, plan, resize_bg=args.resize_bg, skip_bad=args.skip_bad)
     where = plan[0][2] if len(plan) == 1 else f"{args.out}/<image name>/"
     print(f"wrote {len(plan) - len(skipped)} prediction(s) to {where} (depth in {predictor.depth_unit})"
@@ -136,7 +144,8 @@ def _run_predict_video(args) -> int:
     video.plan_video_outputs(args.out, args.depth_frames, args.alpha_webm, args.force)
     video.steady_memory()
     predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
-                           batch_size=args.batch_size, bf16=False if args.fp32 else None)
+                           batch_size=args.batch_size, bf16=False if args.fp32 else None,
+                           align_bg=not args.no_align)
     report = video.predict_video(predictor, args.bg, args.video, args.out, resize_bg=args.resize_bg,
                                  depth_frames=args.depth_frames, alpha_webm=args.alpha_webm, force=args.force)
     print(f"wrote {report.frames} frames ({report.width}x{report.height}, {report.fps:.1f} frames/s) to "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from maskdepth.cli.predict import add_no_align
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--camera", default=None, metavar="CAMERA_JSON",
                    help="camera profile from `maskdepth calibrate`: depth in metres (a pair of another size is "
                         "refused)")
+    add_no_align(p)
     p.add_argument("--max-upload-mib", type=float, default=25.0,
                    help="largest request accepted, in MiB (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=None,
@@ -47,7 +50,7 @@ def run_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port between 1 and 65535")
-    predictor = load_model(args.ckpt, args.device, size=args.size, camera=args.camera)
+    predictor = load_model(args.ckpt, args.device, size=args.size, camera=args.camera, align_bg=not args.no_align)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mib * 2**20),
                      max_pixels=args.max_pixels or MAX_PIXELS, queue=max(0, args.queue))
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -1,0 +1,115 @@
+"""align.py: the bg capture registered onto the picture (a nudged camera, changed light), and its use by predict."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import maskdepth
+from maskdepth import align
+from maskdepth.data.capture import CaptureConfig
+from maskdepth.data.compose import ComposeConfig
+from maskdepth.data.generator import OnTheFlyGenerator
+from maskdepth.realbench import _move
+
+PLAIN = ComposeConfig(cast_prob=0, reflection_prob=0, camo_prob=0, shade_prob=0)
+
+
+@pytest.fixture(scope="module")
+def rooms():
+    """(bg, image, mask) of 6 procedural composites at 128x160, the bg captured exactly (uint8 arrays)."""
+    batch = next(OnTheFlyGenerator.procedural(6, 6, (128, 160), seed=3, batch_size=6, compose=PLAIN,
+                                              capture=CaptureConfig.off()))
+
+    def u8(x):
+        return list((x.permute(0, 2, 3, 1) * 255).round().byte().numpy())
+
+    return u8(batch["bg"]), u8(batch["image"]), batch["mask"][:, 0].numpy() > 0.5
+
+
+def _t(arrays):
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def _moves(n):
+    rng = np.random.default_rng(0)
+    r, a = rng.uniform(1.0, 3.0, n), rng.uniform(0, 2 * math.pi, n)
+    return [(float(r[k] * math.cos(a[k])), float(r[k] * math.sin(a[k])), float(rng.uniform(-0.5, 0.5)))
+            for k in range(n)]
+
+
+def test_a_nudged_camera_and_changed_light_are_recovered(rooms):
+    bgs, images, _ = rooms
+    moves = _moves(len(bgs))
+    gains = np.array([0.9, 1.0, 1.12])
+    moved = [np.clip(_move(b, (dx, dy), ang) * gains, 0, 255).astype(np.uint8) for b, (dx, dy, ang) in zip(bgs, moves)]
+    reg = align.register(_t(moved), _t(images))
+    for k, (dx, dy, ang) in enumerate(moves):
+        d = reg.describe(k)
+        # _move samples the bg at the rotated, shifted place; the registration maps the picture back onto it
+        np.testing.assert_allclose(d["shift_px"], [dx, dy], atol=0.15)
+        assert d["rotation_deg"] == pytest.approx(-ang, abs=0.05)
+        assert abs(d["scale"] - 1) < 0.003
+        np.testing.assert_allclose(d["gain"], 1 / gains, atol=0.03)
+    # the registered bg matches the picture where there is no foreground far better than the capture did
+    out = align.apply(_t(moved), reg)
+    clean = _t(images)
+    keep = ~torch.from_numpy(np.stack(rooms[2]))[:, None]
+    keep[..., :4, :] = keep[..., -4:, :] = keep[..., :, :4] = keep[..., :, -4:] = False
+    before = ((_t(moved) - clean).abs() * keep).sum() / keep.sum()
+    after = ((out - clean).abs() * keep).sum() / keep.sum()
+    assert after < 0.25 * before
+
+
+def test_an_unmoved_capture_stays_put(rooms):
+    bgs, images, _ = rooms
+    reg = align.register(_t(bgs), _t(images))
+    assert float(reg.shift_px().max()) < 0.1
+    torch.testing.assert_close(reg.gain, torch.ones_like(reg.gain), atol=0.02, rtol=0)
+
+
+def test_a_featureless_scene_gives_no_motion_and_no_nan():
+    bg = torch.full((2, 3, 64, 80), 0.4)
+    image = bg.clone()
+    image[:, :, 20:40, 30:50] = 0.9
+    reg = align.register(bg, image)
+    assert torch.isfinite(reg.motion).all() and torch.isfinite(reg.gain).all()
+    assert float(reg.shift_px().max()) < 0.05
+    out = align.apply(bg, reg)
+    assert out.shape == bg.shape and float((out - image)[:, :, :10].abs().max()) < 0.02
+
+
+def test_a_move_beyond_a_nudge_is_not_taken(rooms):
+    bgs, images, _ = rooms
+    far = [np.roll(b, 30, axis=1) for b in bgs]  # a fifth of the frame: another camera pose, not a nudge
+    reg = align.register(_t(far), _t(images))
+    assert float(reg.shift_px().max()) <= align.MAX_SHIFT * 160
+
+
+def test_register_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="must both be"):
+        align.register(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+def test_predict_with_a_moved_capture_is_better_aligned_than_not(rooms):
+    bgs, images, gt = rooms
+    moved = [_move(b, (dx, dy), ang) for b, (dx, dy, ang) in zip(bgs, _moves(len(bgs)))]
+    scores = {}
+    for on in (True, False):
+        preds = maskdepth.load_model(align_bg=on).predict(moved, images)
+        tp = sum(int((p.mask & g).sum()) for p, g in zip(preds, gt))
+        scores[on] = tp / sum(int((p.mask | g).sum()) for p, g in zip(preds, gt))
+        assert all((p.registration is not None) == on for p in preds)
+    assert scores[True] > scores[False]
+
+
+def test_registration_is_described_for_the_frame_it_was_estimated_for(rooms):
+    bgs, images, _ = rooms
+    moved = [_move(bgs[0], (2.0, 0.0), 0.0)]
+    reg = align.register(_t(moved), _t(images[:1]))
+    d = reg.describe(0)
+    assert d["size"] == [128, 160]
+    assert d["shift_px"][0] == pytest.approx(2.0, abs=0.15) and abs(d["shift_px"][1]) < 0.15
+    assert dataclasses.asdict(reg)["size"] == (128, 160)
