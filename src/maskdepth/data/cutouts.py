@@ -42,6 +42,7 @@ KINDS = {
     "table": ((0.45, 0.8), 0.06),
     "furniture": ((0.4, 1.8), 0.1),
     "blob": ((0.3, 1.0), 0.15),
+    "bicycle": ((0.9, 1.15), 0.08),  # thin rims, see-through wheels and spokes; now and then a person beside it
 }
 
 SS = 4  # supersampling per axis for the alpha: 16 samples per pixel
@@ -343,6 +344,55 @@ def _furniture(rng: np.random.Generator, height: float) -> list[_Layer]:
     return [_Layer(mat, [side], 0.7, 0.0), _Layer(mat, [top], 1.15, 0.0), _Layer(mat, front, 1.0, 0.1)]
 
 
+def _bicycle(rng: np.random.Generator, height: float) -> list[_Layer]:
+    """Side view, turned by up to 50 degrees (wheels become ellipses): tyres with see-through centres, spokes a few
+    millimetres thin (sub-pixel: soft alpha), a tube frame; half the time a person stands behind it."""
+    k = height / 1.05  # the frame below is drawn for a bicycle 1.05 m high at the handlebar
+    r = rng.uniform(0.3, 0.36) * k
+    half = rng.uniform(1.45, 1.65) * r
+    squeeze = math.cos(rng.uniform(0, math.radians(50)))
+    tyre_w = rng.uniform(0.025, 0.05) * k
+    tube = rng.uniform(0.012, 0.022) * k
+    frame_mat = _material(rng, kinds=("noise",), sat=(0.2, 0.9), val=(0.1, 0.9))
+    tyre_mat = _material(rng, kinds=("noise",), sat=(0.0, 0.2), val=(0.02, 0.25))
+    spoke_mat = _material(rng, kinds=("noise",), sat=(0.0, 0.1), val=(0.4, 0.9))
+    rear, front = np.array([-half, r]), np.array([half, r])
+    bb = np.array([-0.1 * half, r * rng.uniform(0.85, 1.0)])
+    seat = np.array([-0.45 * half, r + rng.uniform(0.5, 0.6) * k])
+    head = np.array([0.7 * half, r + rng.uniform(0.45, 0.55) * k])
+    bar = head + np.array([-0.08, 0.12]) * k
+    tubes = [_capsule(a, b, tube) for a, b in ((rear, bb), (rear, seat), (bb, seat), (bb, head), (seat, head),
+                                              (head, front), (head, bar))]
+    tubes += [_capsule(bar - [0.06 * k, 0], bar + [0.04 * k, 0], tube * 1.3),
+              _ellipse(*(seat + [0, 0.025 * k]), 0.11 * k, 0.025 * k)]
+    tyres, spokes = [], []
+    n_spokes = int(rng.choice([0, 8, 12, 16], p=[0.25, 0.25, 0.25, 0.25]))
+    thin = rng.uniform(0.0015, 0.004) * k
+    for hub in (rear, front):
+        tyres.append((_ellipse(*hub, r, r), _ellipse(*hub, r - tyre_w, r - tyre_w)))
+        offset = rng.uniform(0, math.pi)
+        for i in range(n_spokes):
+            t = offset + math.pi * i / max(n_spokes, 1) * 2
+            spokes.append(_capsule(hub, hub + (r - tyre_w) * np.array([math.cos(t), math.sin(t)]), thin))
+        spokes.append(_ellipse(*hub, 0.03 * k, 0.03 * k))
+    layers = []
+    if rng.uniform() < 0.5:
+        beside = _person(rng, float(rng.uniform(1.4, 1.9)))
+        dx = rng.uniform(-0.6, 0.6) * half
+        for layer in beside:
+            layer.polys = [p + [dx, 0] for p in layer.polys]
+            layer.shade *= 0.9
+        layers += beside
+    layers += [_Layer(tyre_mat, [outer], relief=0.3, holes=[inner]) for outer, inner in tyres]
+    if spokes:
+        layers.append(_Layer(spoke_mat, spokes, relief=0.1))
+    layers.append(_Layer(frame_mat, tubes, relief=0.6))
+    for layer in layers:  # turned away from the side view: every x shrinks towards the middle
+        layer.polys = [p * [squeeze, 1.0] for p in layer.polys]
+        layer.holes = [p * [squeeze, 1.0] for p in layer.holes]
+    return layers
+
+
 def _star(rng: np.random.Generator, rough: float, n: int = 160) -> np.ndarray:
     """A closed curve whose radius is a smooth random function of angle, around (0, 0) with radius about 1."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
@@ -367,7 +417,8 @@ def _blob(rng: np.random.Generator, height: float) -> list[_Layer]:
 
 
 _SHAPES = {"person": _person, "animal": _animal, "plant": _plant, "lamp": _lamp, "chair": _chair,
-           "table": _table, "furniture": _furniture, "blob": _blob}
+           "table": _table, "furniture": _furniture, "blob": _blob,
+           "bicycle": _bicycle}
 
 
 # ---------------------------------------------------------------------------------------------------------------
