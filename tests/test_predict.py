@@ -17,7 +17,7 @@ from maskdepth.checkpoint import save_checkpoint
 from maskdepth.cli import main
 from maskdepth.errors import UserError
 from maskdepth.models import create_model
-from maskdepth.predict import Predictor, load_model, predict_images, working_size
+from maskdepth.predict import NATIVE_MAX_PIXELS, Predictor, load_model, predict_images, working_size
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,9 @@ def test_size_and_native_choose_where_the_model_runs(ckpt):
     native = load_model(ckpt, "cpu", native=True).predict(bg, image)
     assert native.work_size == (30, 90)
     check(native, 30, 90)
+    # above the cap, native resamples to about NATIVE_MAX_PIXELS, aspect kept
+    capped = load_model(ckpt, "cpu", native=True).work_size(2160, 3840)
+    assert capped[0] * capped[1] <= 1.02 * NATIVE_MAX_PIXELS and abs(capped[1] / capped[0] - 16 / 9) < 0.02
 
 
 def test_batched_lists_match_single_pairs(ckpt):

@@ -2,7 +2,8 @@
 
 The model was trained on frames of `train_size` pixels, so by default a pair is resampled (aspect ratio kept) to a
 working size of about that many pixels, run, and the outputs are resampled back to the input's size: the mask
-probability and the depth bilinearly, the binary mask thresholded afterwards. `native=True` runs at the input size.
+probability and the depth bilinearly, the binary mask thresholded afterwards. `native=True` runs at the input size
+(up to NATIVE_MAX_PIXELS).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ DEFAULT_TRAIN_SIZE = (192, 192)
 # Working sides are rounded to a multiple of this; the model pads to its own stride, and rounding to that (often
 # 32) would distort the aspect ratio at training sizes like 192.
 SIDE_MULTIPLE = 8
+# `native` runs at the input's own size up to this many pixels (about 1 megapixel); larger inputs are resampled
+# to it, aspect kept, so that a 4K frame neither exhausts memory nor takes seconds on a CPU.
+NATIVE_MAX_PIXELS = 1024 * 1024
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -141,7 +145,7 @@ class Predictor:
 
     def work_size(self, h: int, w: int) -> tuple[int, int]:
         if self.native:
-            return h, w
+            return (h, w) if h * w <= NATIVE_MAX_PIXELS else working_size(h, w, (1024, 1024))
         return working_size(h, w, self.size or self.train_size)
 
     def predict(self, bg: ImageInput | list[ImageInput], image: ImageInput | list[ImageInput],

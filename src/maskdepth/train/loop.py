@@ -82,7 +82,7 @@ class _Trainer:
         torch.manual_seed(config.train.seed)
         self.data = TrainData(config, place)
         self.plan = make_plan(config, self.data.steps_per_epoch)
-        self._setup_model()
+        self._setup_model(resume)
         self.loss_fn = CombinedLoss(config.loss, self.data.depth_max)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.scheduler = make_scheduler(config, self.optimizer, self.plan)
@@ -105,11 +105,12 @@ class _Trainer:
             torch.backends.cudnn.benchmark = not t.deterministic
             torch.set_float32_matmul_precision("high")  # TF32 where autocast leaves float32 matmuls
 
-    def _setup_model(self) -> None:
+    def _setup_model(self, resume: bool) -> None:
         """`self.model`, the bare module (checkpoints, evaluation), and `self.net`, what the step calls (DDP
-        and / or compiled), on this rank's device."""
+        and / or compiled), on this rank's device. On `resume` the weights come from state.pt afterwards, so how
+        model.init was copied goes unsaid."""
         t = self.config.train
-        model, self.init_from = build_model(self.config, self.data.depth_max, self.data.depth_unit)
+        model, self.init_from = build_model(self.config, self.data.depth_max, self.data.depth_unit, quiet=resume)
         if self.config.model.init:  # the run folder's config names the network the checkpoint holds
             self.config = replace(self.config, model=replace(self.config.model, name=model.model_name))
         self.model_name = model.model_name

@@ -14,10 +14,12 @@ from maskdepth.models import create_model
 from maskdepth.train.config import Config
 
 
-def build_model(config: Config, depth_max: float, data_unit: str = "metres") -> tuple[nn.Module, str]:
+def build_model(config: Config, depth_max: float, data_unit: str = "metres",
+                quiet: bool = False) -> tuple[nn.Module, str]:
     """The model to train: fresh from the registry, or (model.init) weights from a checkpoint or the packaged
     default. A fresh model takes depth_max from the data; an initialised one keeps its own when the depth unit is
-    the same. Returns (model, what it was initialised from)."""
+    the same. `quiet` leaves out the notes on how it was initialised (a resume: state.pt's weights replace them).
+    Returns (model, what it was initialised from)."""
     m = config.model
     if not m.init:
         return create_model(m.name, **{**m.kwargs, "depth_max": depth_max}), "random"
@@ -28,15 +30,16 @@ def build_model(config: Config, depth_max: float, data_unit: str = "metres") -> 
     same_unit = (header.get("depth") or {}).get("unit") == data_unit
     if not same_unit or "depth_max" not in kwargs:
         kwargs["depth_max"] = depth_max  # another unit: the depth head starts over on the data's scale
-    elif kwargs["depth_max"] < depth_max:
+    elif kwargs["depth_max"] < depth_max and not quiet:
         # the checkpoint's depth head is kept on its own scale (rescaling it would undo what it learned)
         print(f"note: {path} predicts depth up to {kwargs['depth_max']:g} {data_unit}, the data reaches "
               f"{depth_max:g}; deeper pixels are learned as that bound", file=sys.stderr)
     if m.init_mode == "matching":
         kwargs = {k: v for k, v in kwargs.items() if k in ("depth_max", *m.kwargs)}
         model, counts = model_from_state(path, state, header, kwargs=kwargs, matching=m.name)
-        print(f"note: {m.name} from {path} ({header['model']}): {counts['copied']} tensors copied, "
-              f"{counts['widened']} widened, {counts['fresh']} fresh", file=sys.stderr)
+        if not quiet:
+            print(f"note: {m.name} from {path} ({header['model']}): {counts['copied']} tensors copied, "
+                  f"{counts['widened']} widened, {counts['fresh']} fresh", file=sys.stderr)
         return model, str(path)
     model, _ = model_from_state(path, state, header, kwargs=kwargs, hint="check the [model] kwargs given")
     return model, str(path)
