@@ -45,7 +45,9 @@ def main() -> int:
             make_dataset(data, MakeConfig(size=(size, size), backgrounds=c["backgrounds"],
                                           foregrounds=c["foregrounds"], per_pair=c["per_pair"], seed=c["seed"],
                                           test_fraction=c["test_fraction"], shard_size=500,
-                                          compose=ComposeConfig(**c.get("compose", {}))), workers=2, progress=False)
+                                          compose=ComposeConfig(**c.get("compose", {})),
+                                          fg_kinds=tuple(c["fg_kinds"]) if c.get("fg_kinds") else None),
+                         workers=2, progress=False)
             record, _ = evaluate_checkpoint(ckpt, data, "test", size=size, workers=1, progress=False, aligned=True)
             rows[size] = {k: round(record["metrics"][k], 4) for k in KEYS}
             print(f"{size}x{size}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[size].items()), flush=True)

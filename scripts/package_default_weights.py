@@ -32,9 +32,11 @@ WEIGHTS_FILE, CARD_FILE = Path(DEFAULT_WEIGHTS).name, Path(DEFAULT_CARD).name
 # The procedural test set of the card: rooms and cutouts the weights never saw (another seed), all held out.
 # "compose": the ComposeConfig fields that differ from today's defaults, so the set stays the one the card was
 # measured on when the composition gains effects (cast shadows, reflections, camouflage, shading came later)
+# "fg_kinds" likewise pins the cutout kinds the set was drawn from (bicycles came later)
 CARD_EVAL = {"size": 96, "backgrounds": 12, "foregrounds": 10, "per_pair": 2, "seed": 20261123,
              "test_fraction": 0.5,
-             "compose": {"cast_prob": 0.0, "reflection_prob": 0.0, "camo_prob": 0.0, "shade_prob": 0.0}}
+             "compose": {"cast_prob": 0.0, "reflection_prob": 0.0, "camo_prob": 0.0, "shade_prob": 0.0},
+             "fg_kinds": ["person", "animal", "plant", "lamp", "chair", "table", "furniture", "blob"]}
 
 
 def make_card_dataset(out: Path) -> Path:
@@ -45,7 +47,9 @@ def make_card_dataset(out: Path) -> Path:
     make_dataset(out, MakeConfig(size=(c["size"], c["size"]), backgrounds=c["backgrounds"],
                                  foregrounds=c["foregrounds"], per_pair=c["per_pair"], seed=c["seed"],
                                  test_fraction=c["test_fraction"], shard_size=500,
-                                 compose=ComposeConfig(**c.get("compose", {}))), workers=2, progress=False)
+                                 compose=ComposeConfig(**c.get("compose", {})),
+                                 fg_kinds=tuple(c["fg_kinds"]) if c.get("fg_kinds") else None),
+                 workers=2, progress=False)
     return out
 
 

@@ -135,3 +135,18 @@ def test_bicycles_are_mostly_see_through_with_sub_pixel_parts():
         a = c.rgba[..., 3]
         assert (a > 127).mean() < 0.35, c.name  # the bounding box is mostly background seen through the wheels
         assert ((a > 0) & (a < 255)).sum() > 0.2 * (a > 0).sum(), c.name  # soft alpha along thin parts
+
+
+def test_kinds_choose_what_is_drawn():
+    for seed in range(6):
+        assert procedural_cutout(np.random.default_rng(seed), size=48, kinds=["chair", "bicycle"]).name.split(
+            "-")[0] in ("chair", "bicycle")
+
+
+def test_make_config_refuses_unknown_kinds():
+    from maskdepth.data.make import MakeConfig
+    from maskdepth.errors import UserError
+
+    with pytest.raises(UserError, match="--fg-kinds bike: give one or more of"):
+        MakeConfig(fg_kinds=("bike",)).check()
+    MakeConfig(fg_kinds=("bicycle",)).check()

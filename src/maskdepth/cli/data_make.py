@@ -37,6 +37,9 @@ def register(dsub) -> None:
     p.add_argument("--bg-dir", metavar="DIR", help="your background photos instead of rooms (fitted to --size by "
                                                   "--fit; depth unknown unless --depth-teacher gives it)")
     p.add_argument("--fg-dir", metavar="DIR", help="your RGBA PNG cutouts instead of procedural ones")
+    p.add_argument("--fg-kinds", metavar="K,K,...",
+                   help="procedural cutouts of these kinds only (person, animal, plant, lamp, chair, table, "
+                        "furniture, blob, bicycle; default all)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
                    help="fraction of backgrounds held out for the test split (default 0.1)")
@@ -111,6 +114,11 @@ def _make(args) -> int:
     if args.bg_dir and args.backgrounds is not None:
         raise UserError("--backgrounds counts procedural rooms; with --bg-dir the photos are the backgrounds: "
                         "give one or the other")
+    if args.fg_dir and args.fg_kinds:
+        raise UserError("--fg-kinds chooses procedural cutouts; with --fg-dir your cutouts are the foregrounds: "
+                        "give one or the other")
+    if args.fg_kinds:
+        given["fg_kinds"] = tuple(k.strip() for k in args.fg_kinds.split(",") if k.strip())
     if args.fg_dir and args.foregrounds is not None:
         raise UserError("--foregrounds counts procedural cutouts; with --fg-dir your cutouts are the "
                         "foregrounds: give one or the other")

@@ -57,9 +57,11 @@ def procedural_background(seed: int, index: int, size: tuple[int, int]) -> Backg
     return render_room(sample_room(np.random.default_rng(seed_for(seed, STREAM_BACKGROUND, index))), size)
 
 
-def procedural_foreground(seed: int, index: int, size: int = CUTOUT_SIZE) -> Cutout:
-    """Procedural cutout `index` of a dataset seeded `seed`: a function of (seed, index, size) only."""
-    return procedural_cutout(np.random.default_rng(seed_for(seed, STREAM_CUTOUT, index)), size)
+def procedural_foreground(seed: int, index: int, size: int = CUTOUT_SIZE,
+                          kinds: Sequence[str] | None = None) -> Cutout:
+    """Procedural cutout `index` of a dataset seeded `seed`: a function of (seed, index, size, kinds) only
+    (kinds: cutouts.KINDS names to draw from, default all)."""
+    return procedural_cutout(np.random.default_rng(seed_for(seed, STREAM_CUTOUT, index)), size, kinds)
 
 
 def nominal_ground(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:

@@ -14,6 +14,7 @@ blob), each a short recipe of layers for the one renderer here; they change toge
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -425,10 +426,11 @@ _SHAPES = {"person": _person, "animal": _animal, "plant": _plant, "lamp": _lamp,
 # procedural: rendering
 
 
-def procedural_cutout(rng: np.random.Generator, size: int = 128) -> Cutout:
+def procedural_cutout(rng: np.random.Generator, size: int = 128, kinds: Sequence[str] | None = None) -> Cutout:
     """A random textured, shaded object with soft alpha, `size` px on its longest side (the last pixel row or
-    column may be lost to trimming). Deterministic from `rng`."""
-    names = list(KINDS)
+    column may be lost to trimming), of one of `kinds` (default: every kind in KINDS, at their weights).
+    Deterministic from `rng`."""
+    names = list(KINDS) if kinds is None else [k for k in KINDS if k in kinds]
     probs = np.array([KINDS[k][1] for k in names])
     kind = names[int(rng.choice(len(names), p=probs / probs.sum()))]
     height = float(rng.uniform(*KINDS[kind][0]))

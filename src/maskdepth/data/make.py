@@ -93,7 +93,7 @@ def _procedural_bg(args: tuple[int, int, tuple[int, int]]):
     return procedural_background(*args)
 
 
-def _procedural_fg(args: tuple[int, int]):
+def _procedural_fg(args: tuple[int, int, int, tuple[str, ...] | None]):
     return procedural_foreground(*args)
 
 
@@ -114,7 +114,8 @@ def load_assets(cfg: MakeConfig, pool=None, teacher=None, progress: bool = True)
         cutouts, bad = photos.load_cutout_photos(cfg.fg_dir, max_side=max(cfg.size))
         skipped += bad
     else:
-        cutouts = list(run(_procedural_fg, [(cfg.seed, i) for i in range(cfg.foregrounds)]))
+        cutouts = list(run(_procedural_fg, [(cfg.seed, i, CUTOUT_SIZE, cfg.fg_kinds)
+                                            for i in range(cfg.foregrounds)]))
     return Assets(backgrounds, cutouts, sources, skipped)
 
 
@@ -142,6 +143,8 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: ShardPlan, teacher=Non
     }
     if cfg.bg_dir:
         extra["photos"] = {"fit": cfg.fit, "horizon": cfg.horizon}
+    if cfg.fg_kinds and not cfg.fg_dir:
+        extra["fg_kinds"] = list(cfg.fg_kinds)
     if teacher is not None:
         extra["teacher"] = {"mode": cfg.teacher_mode, **teacher.describe()}
     return DatasetMetadata.new(

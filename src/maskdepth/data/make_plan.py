@@ -17,6 +17,7 @@ from maskdepth.data.banks import (
     seed_for,
 )
 from maskdepth.data.compose import ComposeConfig
+from maskdepth.data.cutouts import KINDS
 from maskdepth.data.format import (
     DEPTH_SCALE,
     SPLITS,
@@ -47,6 +48,7 @@ class MakeConfig:
     test_fraction: float = 0.1
     bg_dir: str | None = None  # the user's background photos instead of procedural rooms
     fg_dir: str | None = None  # the user's RGBA cutouts instead of procedural ones
+    fg_kinds: tuple[str, ...] | None = None  # procedural cutouts: the cutouts.KINDS drawn from (None: all)
     compose: ComposeConfig = field(default_factory=ComposeConfig)
     fit: str = "crop"  # photos: "crop" or "letterbox" to the size (data/photos.py)
     horizon: float = NOMINAL_HORIZON  # photos: the floor lies below this fraction of the height
@@ -63,6 +65,10 @@ class MakeConfig:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if not 0 <= self.test_fraction < 1:
             raise UserError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
+        unknown = sorted(set(self.fg_kinds or ()) - set(KINDS))
+        if unknown or self.fg_kinds == ():
+            raise UserError(f"--fg-kinds {','.join(self.fg_kinds or ())}: give one or more of "
+                            f"{', '.join(KINDS)}")
         if not 0 <= self.horizon < 0.9:
             raise UserError(f"--horizon {self.horizon}: give the fraction of the height where the floor starts, "
                             "in [0, 0.9)")
@@ -79,6 +85,8 @@ def command_line(cfg: MakeConfig) -> str:
     parts = ["maskdepth data make OUT", f"--size {h}x{w}"]
     parts += [f"--bg-dir {cfg.bg_dir}"] if cfg.bg_dir else [f"--backgrounds {cfg.backgrounds}"]
     parts += [f"--fg-dir {cfg.fg_dir}"] if cfg.fg_dir else [f"--foregrounds {cfg.foregrounds}"]
+    if cfg.fg_kinds and not cfg.fg_dir:
+        parts += [f"--fg-kinds {','.join(cfg.fg_kinds)}"]
     parts += [f"--per-pair {cfg.per_pair}", f"--seed {cfg.seed}", f"--shard-size {cfg.shard_size}",
               f"--test-fraction {cfg.test_fraction}"]
     if cfg.bg_dir:
