@@ -3,6 +3,7 @@ threshold, and scoring through the project's metrics (the real photos themselves
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
 
 from maskdepth.realbench import (
     CONDITIONS,
@@ -66,3 +67,26 @@ def test_difference_score_is_max_over_channels():
     image = bg.copy()
     image[0, 0] = (10, 200, 30)
     assert difference_score(bg, image)[0, 0] == 200 and difference_score(image, bg)[0, 0] == 200
+
+
+def test_registration_undoes_the_shifted_condition_for_the_baseline():
+    """differencing after align.py's registration comes close to the aligned case when the bg was nudged."""
+    from maskdepth.realbench import registered_bgs
+
+    rng = np.random.default_rng(5)
+    # a smooth random scene: registration needs texture that varies over more than a pixel
+    base = rng.uniform(0, 255, (12, 12, 3))
+    blocks = Image.fromarray(np.kron(base, np.ones((8, 8, 1))).astype(np.uint8))
+    scene = np.asarray(blocks.filter(ImageFilter.GaussianBlur(2)))
+    image = scene.copy()
+    image[30:60, 30:60] = [250, 20, 20]
+    mask = np.zeros(scene.shape[:2], np.float32)
+    mask[30:60, 30:60] = 1
+    pair = Pair(bg=scene, image=image, mask=mask)
+    bg, im = apply_condition(pair, "shifted", np.random.default_rng(0))
+    (reg,) = registered_bgs([bg], [im])
+    keep = mask == 0
+    keep[:4], keep[-4:], keep[:, :4], keep[:, -4:] = False, False, False, False
+    before = difference_score(bg, im)[keep].mean()
+    after = difference_score(reg, im)[keep].mean()
+    assert after < 0.5 * before

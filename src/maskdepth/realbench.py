@@ -64,7 +64,7 @@ def _move(bg: np.ndarray, shift: tuple[float, float], angle_deg: float) -> np.nd
     """bg translated by `shift` (x, y) pixels and rotated by `angle_deg` about its centre (bilinear, border
     pixels repeated), as a nudged camera sees it."""
     h, w = bg.shape[:2]
-    x = torch.from_numpy(bg).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(bg)).permute(2, 0, 1)[None].float()  # a copy: bg may be read-only
     centre = torch.tensor([[(w - 1) / 2, (h - 1) / 2]])
     m = get_rotation_matrix2d(centre, torch.tensor([float(angle_deg)]), torch.ones(1, 2))
     m[:, :, 2] += torch.tensor([shift])
