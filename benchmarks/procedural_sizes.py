@@ -24,11 +24,9 @@ KEYS = ("mask_iou", "mask_iou_per_image", "mask_boundary_f", "depth_delta1", "de
 
 def main() -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
-    from package_default_weights import CARD_EVAL
+    from package_default_weights import CARD_EVAL, make_card_dataset
 
     from maskdepth.checkpoint import DEFAULT_WEIGHTS
-    from maskdepth.data.compose import ComposeConfig
-    from maskdepth.data.make import MakeConfig, make_dataset
     from maskdepth.evaluate import evaluate_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,12 +40,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data = Path(tmp) / f"rooms-{size}"
-            make_dataset(data, MakeConfig(size=(size, size), backgrounds=c["backgrounds"],
-                                          foregrounds=c["foregrounds"], per_pair=c["per_pair"], seed=c["seed"],
-                                          test_fraction=c["test_fraction"], shard_size=500,
-                                          compose=ComposeConfig(**c.get("compose", {})),
-                                          fg_kinds=tuple(c["fg_kinds"]) if c.get("fg_kinds") else None),
-                         workers=2, progress=False)
+            make_card_dataset(data, size)
             record, _ = evaluate_checkpoint(ckpt, data, "test", size=size, workers=1, progress=False, aligned=True)
             rows[size] = {k: round(record["metrics"][k], 4) for k in KEYS}
             print(f"{size}x{size}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[size].items()), flush=True)

@@ -39,12 +39,14 @@ CARD_EVAL = {"size": 96, "backgrounds": 12, "foregrounds": 10, "per_pair": 2, "s
              "fg_kinds": ["person", "animal", "plant", "lamp", "chair", "table", "furniture", "blob"]}
 
 
-def make_card_dataset(out: Path) -> Path:
+def make_card_dataset(out: Path, size: int | None = None) -> Path:
+    """The card's test set in `out`, at its own size or (benchmarks/procedural_sizes.py) at `size`."""
     from maskdepth.data.compose import ComposeConfig
     from maskdepth.data.make import MakeConfig, make_dataset
 
     c = CARD_EVAL
-    make_dataset(out, MakeConfig(size=(c["size"], c["size"]), backgrounds=c["backgrounds"],
+    side = size or c["size"]
+    make_dataset(out, MakeConfig(size=(side, side), backgrounds=c["backgrounds"],
                                  foregrounds=c["foregrounds"], per_pair=c["per_pair"], seed=c["seed"],
                                  test_fraction=c["test_fraction"], shard_size=500,
                                  compose=ComposeConfig(**c.get("compose", {})),

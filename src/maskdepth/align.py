@@ -109,11 +109,14 @@ def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
-def _robust_cost(r: torch.Tensor, inside: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(N,) mean Cauchy cost of the per-pixel residual magnitude over the pixels that sampled the bg."""
-    e2 = (r * r).sum(1)
-    cost = torch.log1p(e2 / (c.view(-1, 1, 1) ** 2)) * inside
-    return cost.sum((1, 2)) / inside.sum((1, 2)).clamp_min(1)
+def _residual(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor,
+              photo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(residual (N,C,H,W), the moved bg, which of its samples fell inside the bg) of `image` against `bg` moved by
+    `motion` and recoloured by `photo` (N,6: gains then offsets)."""
+    n = bg.shape[0]
+    warped, inside = _warp(bg, motion)
+    r = photo[:, :3].view(n, 3, 1, 1) * warped + photo[:, 3:].view(n, 3, 1, 1) - image
+    return r, warped, inside
 
 
 def _scale(e2: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
@@ -134,17 +137,16 @@ def _level(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: t
     # A channel's residual depends on the motion and on that channel's gain and offset alone, so the normal
     # equations are summed per channel over (motion, gain_c, bias_c) and scattered into the whole system.
     m = 0 if fix_motion else 4
-    places = [list(range(m)) + [m + k, m + c + k] for k in range(c)]
+    places = [torch.tensor(list(range(m)) + [m + k, m + c + k], device=bg.device) for k in range(c)]
     ones = torch.ones_like(bg)
     for _ in range(iterations):
-        warped, inside = _warp(bg, motion)
-        gain, bias = photo[:, :3].view(n, 3, 1, 1), photo[:, 3:].view(n, 3, 1, 1)
-        r = gain * warped + bias - image
+        r, warped, inside = _residual(bg, image, motion, photo)
         e2 = (r * r).sum(1)
         wgt = (inside / (1 + e2 / _scale(e2, inside).view(-1, 1, 1) ** 2)).flatten(1)[:, None, None]  # (N,1,1,HW)
         cols = []
         if not fix_motion:
             gx, gy = _gradients(warped)
+            gain = photo[:, :3].view(n, 3, 1, 1)
             gx, gy = gain * gx, gain * gy
             cols += [(gx * x + gy * y) / radius, (gy * x - gx * y) / radius, gx, gy]
         jac = torch.stack(cols + [warped, ones], dim=2).flatten(3)  # (N,C,P_c,HW)
@@ -154,8 +156,7 @@ def _level(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: t
         size = m + 2 * c
         normal = torch.zeros(n, size, size, dtype=torch.float64, device=bg.device)
         rhs = torch.zeros(n, size, dtype=torch.float64, device=bg.device)
-        for k, idx in enumerate(places):
-            ix = torch.tensor(idx, device=bg.device)
+        for k, ix in enumerate(places):
             normal[:, ix[:, None], ix[None, :]] += per_channel[:, k]
             rhs[:, ix] += rhs_c[:, k]
         normal = normal + torch.diag_embed(DAMPING * torch.diagonal(normal, dim1=1, dim2=2) + 1e-9)
@@ -187,7 +188,7 @@ def register(bg: torch.Tensor, image: torch.Tensor) -> Registration:
         prev_side = side
     # judged at the finest estimation level against the photometric fit of the unmoved bg
     still = torch.zeros_like(motion)
-    photo_still = _level(bg_s, im_s, still, photo.clone(), FINE_ITERATIONS, fix_motion=True)[1]
+    photo_still = _level(bg_s, im_s, still, photo, FINE_ITERATIONS, fix_motion=True)[1]
     fs = w / bg_s.shape[-1]  # estimation pixels -> frame pixels
     moved = _cost(bg_s, im_s, motion, photo)
     unmoved = _cost(bg_s, im_s, still, photo_still)
@@ -204,10 +205,10 @@ def register(bg: torch.Tensor, image: torch.Tensor) -> Registration:
 
 
 def _cost(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    warped, inside = _warp(bg, motion)
-    n = bg.shape[0]
-    r = photo[:, :3].view(n, 3, 1, 1) * warped + photo[:, 3:].view(n, 3, 1, 1) - image
-    return _robust_cost(r, inside, torch.full((n,), 0.05, device=bg.device))
+    """(N,) mean Cauchy cost (scale 0.05) of the per-pixel residual magnitude over the pixels that sampled the bg."""
+    r, _, inside = _residual(bg, image, motion, photo)
+    cost = torch.log1p((r * r).sum(1) / 0.05 ** 2) * inside
+    return cost.sum((1, 2)) / inside.sum((1, 2)).clamp_min(1)
 
 
 def apply(bg: torch.Tensor, reg: Registration) -> torch.Tensor:

@@ -145,7 +145,7 @@ class Predictor:
 
     def work_size(self, h: int, w: int) -> tuple[int, int]:
         if self.native:
-            return (h, w) if h * w <= NATIVE_MAX_PIXELS else working_size(h, w, (1024, 1024))
+            return (h, w) if h * w <= NATIVE_MAX_PIXELS else working_size(h, w, math.isqrt(NATIVE_MAX_PIXELS))
         return working_size(h, w, self.size or self.train_size)
 
     def predict(self, bg: ImageInput | list[ImageInput], image: ImageInput | list[ImageInput],

@@ -141,8 +141,7 @@ def registered_bgs(bgs: list[np.ndarray], images: list[np.ndarray]) -> list[np.n
     def t(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     bg, image = t(bgs), t(images)
-    out = align.apply(bg, align.register(bg, image))
-    return list((out * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    return [_to_uint8(x) for x in align.apply(bg, align.register(bg, image))]
 
 
 def _thresholded(diffs: list[np.ndarray], masks: list[np.ndarray]) -> dict:

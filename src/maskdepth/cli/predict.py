@@ -24,8 +24,9 @@ def register(sub) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--size", type=int, default=None,
                        help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
-    where.add_argument("--native", action="store_true", help="run at the input's own size (up to about 1 megapixel; larger inputs "
-                                                            "are resampled to that)")
+    where.add_argument("--native", action="store_true",
+                       help="run at the input's own size (up to about 1 megapixel; larger inputs are resampled to "
+                            "that)")
     p.add_argument("--resize-bg", action="store_true", help="resample a bg whose size differs from the image's")
     add_no_align(p)
     p.add_argument("--threshold", type=float, default=0.5,
