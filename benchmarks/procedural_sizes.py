@@ -45,7 +45,7 @@ def main() -> int:
             rows[size] = {k: round(record["metrics"][k], 4) for k in KEYS}
             print(f"{size}x{size}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[size].items()), flush=True)
     report = {"benchmark": "procedural_sizes", "date": datetime.date.today().isoformat(), "ckpt": ckpt,
-              "dataset": c, "sizes": rows}
+              "dataset": {k: v for k, v in c.items() if k != "size"}, "sizes": rows}  # rendered at each size
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -26,7 +26,7 @@ from maskdepth.codecs import decode_depth_png, decode_gray, decode_rgb
 from maskdepth.data.augment import AugmentConfig, as_hw, augment_batch, empty_batch, resize_batch
 from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
 from maskdepth.data.format import DatasetDir, background_files, read_background_file
-from maskdepth.data.shards import iter_shard
+from maskdepth.data.shards import iter_counted_shard
 from maskdepth.errors import UserError
 
 SHUFFLE_BUFFER = 512  # samples (still encoded) held by each consumer's shuffle buffer
@@ -131,15 +131,10 @@ class ShardStream(IterableDataset):
 
     def _samples(self, consumer: int) -> Iterator[tuple[str, str, dict]]:
         for shard, stride, offset in self.parts[consumer]:
-            path, read = self.paths[shard], 0
-            for i, (key, sample) in enumerate(iter_shard(path)):
-                read += 1
+            path = self.paths[shard]
+            for i, (key, sample) in enumerate(iter_counted_shard(path, self.counts[shard])):
                 if i % stride == offset:
                     yield path, key, sample
-            if read != self.counts[shard]:  # a short shard would shift every later batch: never skip it silently
-                raise UserError(f"{path}: holds {read} samples, the dataset's metadata says "
-                                f"{self.counts[shard]}; delete the shard and rerun the command that made the "
-                                "dataset")
 
     def _batches(self, worker: int) -> Iterator[dict]:
         consumer = self.rank * self.workers + worker

@@ -68,6 +68,18 @@ def iter_shard(path: str | os.PathLike, required: Iterable[str] = SAMPLE_MEMBERS
         yield _complete(path, key, sample, required)
 
 
+def iter_counted_shard(path: str | os.PathLike, expected: int) -> Iterator[tuple[str, Sample]]:
+    """iter_shard, then a check that the shard held the `expected` samples the metadata lists: a short shard
+    would shift every later sample, so it is never skipped silently."""
+    read = 0
+    for item in iter_shard(path):
+        read += 1
+        yield item
+    if read != expected:
+        raise UserError(f"{path}: holds {read} samples, the dataset's metadata says {expected}; delete the shard "
+                        "and rerun the command that made the dataset")
+
+
 def count_shard_samples(path: str | os.PathLike) -> int:
     """Samples in a shard (distinct consecutive keys), reading only its headers (the file is memory-mapped)."""
     path = Path(path)
