@@ -31,7 +31,7 @@ import torch
 
 from maskdepth import __version__
 from maskdepth.predict import load_model
-from maskdepth.realbench import CONDITIONS, load_pairs, score_condition
+from maskdepth.realbench import CONDITIONS, load_pairs, score_baselines, score_condition
 from real_photos import REALSET, make_pairs_dataset
 
 ROOT = Path(__file__).resolve().parent
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = {name: args.steps or max(10, int(p["budget_s"] * sample_rate(name, p["size"], p["batch_size"], device)
                                              / p["batch_size"])) for name in args.models}
     real = real_pairs(args, work)
+    baselines = {c: score_baselines(real, c, seed=args.seed) for c in args.real_conditions} if real else {}
     train_one("maskdepth-small", 2, data, work / "runs" / "warm-up", {**p, "budget_s": 0.0}, args, device)
     rows = []
     for name in args.models:
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         row["score"] = (m["mask_iou"] + m["depth_delta1"]) / 2
         if real:
             predictor = load_model(run / "last.safetensors", device, native=True)
-            row["real"] = {c: score_condition(predictor, real, c, seed=args.seed) for c in args.real_conditions}
+            row["real"] = {c: score_condition(predictor, real, c, seed=args.seed, baselines=baselines[c])
+                         for c in args.real_conditions}
         rows.append(row)
     rows.sort(key=lambda r: r["score"], reverse=True)
     result = {

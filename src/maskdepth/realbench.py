@@ -152,31 +152,42 @@ def _thresholded(diffs: list[np.ndarray], masks: list[np.ndarray]) -> dict:
     return {**score.result(), "threshold": t}
 
 
-def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0,
-                    batch_size: int = 16) -> dict:
-    """The model (a predict.Predictor, run with its own settings) and the differencing baseline on `pairs` under
-    `condition`: {"model": metrics, "baseline": metrics + threshold, "margin": model - baseline IoU,
-    "baseline_registered": the baseline after align.py's registration of the bg, what the network adds to it}."""
-    model, diffs, diffs_reg, pending = MaskScore(), [], [], []
-    masks = [p.mask for p in pairs]
+def _batches(pairs: list[Pair], condition: str, seed: int, batch_size: int
+             ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]]:
+    """(bgs, images, masks) of `pairs` under `condition`, `batch_size` at a time."""
+    conditioned = list(conditioned_pairs(pairs, condition, seed))
+    for i in range(0, len(pairs), batch_size):
+        part = conditioned[i:i + batch_size]
+        yield [b for b, _ in part], [im for _, im in part], [p.mask for p in pairs[i:i + batch_size]]
 
-    def flush() -> None:
-        bgs, images = [b for b, _, _ in pending], [i for _, i, _ in pending]
-        preds = predictor.predict_arrays(bgs, images, layers=False)
-        for pred, (_, _, mask) in zip(preds, pending):
-            model.add(pred.mask_prob, mask)
+
+def score_model(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16) -> dict:
+    """The model's mask metrics (a predict.Predictor, run with its own settings) on `pairs` under `condition`."""
+    score = MaskScore()
+    for bgs, images, masks in _batches(pairs, condition, seed, batch_size):
+        for pred, mask in zip(predictor.predict_arrays(bgs, images, layers=False), masks):
+            score.add(pred.mask_prob, mask)
+    return score.result()
+
+
+def score_baselines(pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16) -> dict:
+    """The differencing baseline on `pairs` under `condition`, at its best fixed threshold: {"baseline": with the
+    bg as captured, "baseline_registered": after align.py's registration of the bg, what the network adds to}.
+    The same for every model, so a league computes it once."""
+    diffs, diffs_reg = [], []
+    for bgs, images, _ in _batches(pairs, condition, seed, batch_size):
+        diffs.extend(difference_score(b, i) for b, i in zip(bgs, images))
         diffs_reg.extend(difference_score(b, i) for b, i in zip(registered_bgs(bgs, images), images))
-        pending.clear()
+    masks = [p.mask for p in pairs]
+    return {"baseline": _thresholded(diffs, masks), "baseline_registered": _thresholded(diffs_reg, masks)}
 
-    for pair, (bg, image) in zip(pairs, conditioned_pairs(pairs, condition, seed)):
-        diffs.append(difference_score(bg, image))
-        pending.append((bg, image, pair.mask))
-        if len(pending) == batch_size:
-            flush()
-    if pending:
-        flush()
-    out = {"model": model.result(), "baseline": _thresholded(diffs, masks),
-           "baseline_registered": _thresholded(diffs_reg, masks)}
+
+def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16,
+                    baselines: dict | None = None) -> dict:
+    """The model and the differencing baselines on `pairs` under `condition`: {"model": metrics, "baseline",
+    "baseline_registered" (score_baselines; pass `baselines` to reuse them), "margin_iou": model - baseline}."""
+    out = {"model": score_model(predictor, pairs, condition, seed, batch_size),
+           **(baselines or score_baselines(pairs, condition, seed, batch_size))}
     out["margin_iou"] = round(out["model"]["mask_iou"] - out["baseline"]["mask_iou"], 4)
     return out
 
