@@ -34,6 +34,7 @@ from PIL import Image
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
 from maskdepth.progress import Progress
+from maskdepth.sizes import parse_size
 
 # Relative maps lie in [MIN_RELATIVE, 1]: inverting a disparity near 0 (sky, a far window) would give a depth so
 # large that the rest of the picture shrinks into a few 16-bit levels; a 100:1 range keeps the near field resolved.
@@ -98,9 +99,8 @@ _EXAMPLES = {"input_size": "256x256", "mean": "0.485,0.456,0.406", "std": "0.229
 def parse_flag(key: str, text: str) -> Any:
     """A setting's value from its flag's text: HxW (or one side) for input_size, R,G,B for mean and std."""
     try:
-        if key == "input_size":
-            hw = [int(x) for x in text.lower().split("x")]
-            return hw * 2 if len(hw) == 1 else hw
+        if key == "input_size":  # the one size reading; the minimum is the settings' own (>= 8)
+            return list(parse_size(text, FLAGS[key], minimum=8))
         if key in ("mean", "std"):
             return [float(x) for x in text.split(",")]
         if key == "scale":
