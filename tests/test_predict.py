@@ -88,6 +88,32 @@ def test_size_and_native_choose_where_the_model_runs(ckpt):
     assert capped[0] * capped[1] <= 1.02 * NATIVE_MAX_PIXELS and abs(capped[1] / capped[0] - 16 / 9) < 0.02
 
 
+def test_weights_that_hold_across_sizes_run_at_the_input_size_by_default(ckpt, tmp_path):
+    """A header with predict_native (what the shipped weights say) makes native the default; a size given, or
+    native=False, still chooses the working size."""
+    from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint
+
+    model, _ = load_model_from_checkpoint(ckpt)
+    _, header = read_checkpoint(ckpt)
+    multi = tmp_path / "multi.safetensors"
+    save_checkpoint(multi, model, {**{k: v for k, v in header.items() if k not in ("model", "model_kwargs")},
+                                   "predict_native": True})
+    bg, image = scene(30, 90)
+    assert load_model(multi, "cpu").predict(bg, image).work_size == (30, 90)
+    assert load_model(multi, "cpu", size=96).work_size(30, 90) == working_size(30, 90, 96)
+    assert load_model(multi, "cpu", native=False).work_size(30, 90) == working_size(30, 90, (48, 48))
+    out = tmp_path / "out"
+    Image.fromarray(bg).save(tmp_path / "bg.png")
+    Image.fromarray(image).save(tmp_path / "im.png")
+    assert main(["predict", "--ckpt", str(multi), "--bg", str(tmp_path / "bg.png"), "--image",
+                 str(tmp_path / "im.png"), "--out", str(out), "--device", "cpu"]) == 0
+    assert Image.open(next(out.rglob("mask.png"))).size == (90, 30)
+    bad = tmp_path / "bad.safetensors"
+    save_checkpoint(bad, model, {"predict_native": "yes"})
+    with pytest.raises(UserError, match="predict_native is not true or false"):
+        load_model(bad, "cpu")
+
+
 def test_batched_lists_match_single_pairs(ckpt):
     predictor = load_model(ckpt, "cpu", batch_size=2)
     pairs = [scene(32, 48, seed) for seed in range(3)] + [scene(40, 40, 9)]  # two sizes: two groups

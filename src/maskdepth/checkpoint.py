@@ -96,6 +96,8 @@ def check_header(header: Any, path: Any) -> dict[str, Any]:
         r.positive(kwargs, "depth_max", 1e9, "model_kwargs.depth_max")
     if header.get("train_size") is not None:
         r.pair(header, "train_size", 1, 16384)
+    if not isinstance(header.get("predict_native", False), bool):
+        raise r.fail("predict_native", "is not true or false")
     if "depth" in header and header["depth"] is not None:
         depth = r.obj(header, "depth")
         if "unit" in depth:

@@ -1,9 +1,11 @@
 """Using a trained model: `load_model(path).predict(bg, image)` and the seed-style `predict_images`.
 
-The model was trained on frames of `train_size` pixels, so by default a pair is resampled (aspect ratio kept) to a
-working size of about that many pixels, run, and the outputs are resampled back to the input's size: the mask
-probability and the depth bilinearly, the binary mask thresholded afterwards. `native=True` runs at the input size
-(up to NATIVE_MAX_PIXELS).
+Where the model runs: weights trained across working sizes whose mask and depth hold across them say so in their
+header (`predict_native`, the shipped default weights among them), and run at the input's own size (up to
+NATIVE_MAX_PIXELS) by default. Other checkpoints were trained on frames of `train_size` pixels, so a pair is
+resampled (aspect ratio kept) to a working size of about that many pixels. `size=` sets the working size and
+`native=` chooses either way. The outputs are resampled back to the input's size: the mask probability and the
+depth bilinearly, the binary mask thresholded afterwards.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, header: dict[str, Any] | None = None,
                  device: str | torch.device | None = None, size: int | tuple[int, int] | None = None,
-                 native: bool = False, threshold: float = 0.5, batch_size: int = 8, bf16: bool | None = None,
+                 native: bool | None = None, threshold: float = 0.5, batch_size: int = 8, bf16: bool | None = None,
                  camera: str | os.PathLike | CameraProfile | None = None, align_bg: bool = True):
         header = header or {}
         if not (isinstance(threshold, int | float) and 0 < threshold < 1):  # nan fails too
@@ -132,6 +134,8 @@ class Predictor:
         self.depth = depth_info(header, float(getattr(model, "depth_max", header.get("depth_max", 1.0))))
         ts = header.get("train_size")
         self.train_size: tuple[int, int] = (int(ts[0]), int(ts[1])) if ts else DEFAULT_TRAIN_SIZE
+        if native is None:  # a size given wins; else what the weights say they hold across
+            native = size is None and bool(header.get("predict_native", False))
         self.size, self.native, self.threshold, self.batch_size = size, native, threshold, max(1, batch_size)
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
         self.align_bg = align_bg  # register the bg onto each image first: a nudged camera, changed light

@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--size", type=int, default=None,
-                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size)")
+                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the input's own size for "
+                            "weights trained across sizes, such as the default ones; else the training size)")
     where.add_argument("--native", action="store_true",
                        help="run at the input's own size (up to about 1 megapixel; larger inputs are resampled to "
                             "that)")
@@ -125,7 +126,7 @@ def run_predict(args) -> int:
     if not plan:
         print(f"nothing to do: every pair already has its outputs in {args.out}")
         return 0
-    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
+    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native or None, threshold=args.threshold,
                            batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera,
                            align_bg=not args.no_align)
     skipped = predict_files(predictor, plan, resize_bg=args.resize_bg, skip_bad=args.skip_bad)
@@ -145,7 +146,7 @@ def _run_predict_video(args) -> int:
         raise UserError("--video needs PyAV, which is not installed; pip install 'maskdepth[video]'") from None
     video.plan_video_outputs(args.out, args.depth_frames, args.alpha_webm, args.force)
     video.steady_memory()
-    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native, threshold=args.threshold,
+    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native or None, threshold=args.threshold,
                            batch_size=args.batch_size, bf16=False if args.fp32 else None,
                            align_bg=not args.no_align)
     report = video.predict_video(predictor, args.bg, args.video, args.out, resize_bg=args.resize_bg,

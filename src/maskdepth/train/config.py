@@ -185,6 +185,9 @@ class TrainConfig:
     best_metric: str = "loss"   # "loss" (eval loss) or a metric name; picks best.safetensors
     samples: int = 8            # images in the per-epoch sample grid
     time_budget_s: float = 0.0  # > 0: end gracefully (with checkpoints) after this much wall-clock time
+    # the run's checkpoints ask predict to run at the input's own size by default (set it where the run trains
+    # across working sizes and its mask and depth were shown to hold across them)
+    predict_native: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_bad_steps", "log_every"):
