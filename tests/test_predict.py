@@ -89,7 +89,7 @@ def test_size_and_native_choose_where_the_model_runs(ckpt):
 
 
 def test_weights_that_hold_across_sizes_run_at_the_input_size_by_default(ckpt, tmp_path):
-    """A header with predict_native (what the shipped weights say) makes native the default; a size given, or
+    """A header with predict_native (train.predict_native) makes native the default; a size given, or
     native=False, still chooses the working size."""
     from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint
 
@@ -102,12 +102,6 @@ def test_weights_that_hold_across_sizes_run_at_the_input_size_by_default(ckpt, t
     assert load_model(multi, "cpu").predict(bg, image).work_size == (30, 90)
     assert load_model(multi, "cpu", size=96).work_size(30, 90) == working_size(30, 90, 96)
     assert load_model(multi, "cpu", native=False).work_size(30, 90) == working_size(30, 90, (48, 48))
-    out = tmp_path / "out"
-    Image.fromarray(bg).save(tmp_path / "bg.png")
-    Image.fromarray(image).save(tmp_path / "im.png")
-    assert main(["predict", "--ckpt", str(multi), "--bg", str(tmp_path / "bg.png"), "--image",
-                 str(tmp_path / "im.png"), "--out", str(out), "--device", "cpu"]) == 0
-    assert Image.open(next(out.rglob("mask.png"))).size == (90, 30)
     bad = tmp_path / "bad.safetensors"
     save_checkpoint(bad, model, {"predict_native": "yes"})
     with pytest.raises(UserError, match="predict_native is not true or false"):

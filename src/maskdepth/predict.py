@@ -1,7 +1,7 @@
 """Using a trained model: `load_model(path).predict(bg, image)` and the seed-style `predict_images`.
 
 Where the model runs: weights trained across working sizes whose mask and depth hold across them say so in their
-header (`predict_native`, the shipped default weights among them), and run at the input's own size (up to
+header (`predict_native`, written by `train.predict_native`) and run at the input's own size (up to
 NATIVE_MAX_PIXELS) by default. Other checkpoints were trained on frames of `train_size` pixels, so a pair is
 resampled (aspect ratio kept) to a working size of about that many pixels. `size=` sets the working size and
 `native=` chooses either way. The outputs are resampled back to the input's size: the mask probability and the

@@ -154,11 +154,13 @@ def _thresholded(diffs: list[np.ndarray], masks: list[np.ndarray]) -> dict:
 
 def _batches(pairs: list[Pair], condition: str, seed: int, batch_size: int
              ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]]:
-    """(bgs, images, masks) of `pairs` under `condition`, `batch_size` at a time."""
-    conditioned = list(conditioned_pairs(pairs, condition, seed))
-    for i in range(0, len(pairs), batch_size):
-        part = conditioned[i:i + batch_size]
-        yield [b for b, _ in part], [im for _, im in part], [p.mask for p in pairs[i:i + batch_size]]
+    """(bgs, images, masks) of `pairs` under `condition`, `batch_size` at a time, conditioned as they stream."""
+    part: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for k, (pair, (bg, image)) in enumerate(zip(pairs, conditioned_pairs(pairs, condition, seed))):
+        part.append((bg, image, pair.mask))
+        if len(part) == batch_size or k == len(pairs) - 1:
+            yield [b for b, _, _ in part], [i for _, i, _ in part], [m for _, _, m in part]
+            part = []
 
 
 def score_model(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16) -> dict:

@@ -23,8 +23,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--size", type=int, default=None,
-                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the input's own size for "
-                            "weights trained across sizes, such as the default ones; else the training size)")
+                       help="run at about SIZE x SIZE pixels, aspect ratio kept (default: the training size, or the "
+                            "input's own size for weights whose header says predict_native)")
     where.add_argument("--native", action="store_true",
                        help="run at the input's own size (up to about 1 megapixel; larger inputs are resampled to "
                             "that)")
@@ -126,8 +126,9 @@ def run_predict(args) -> int:
     if not plan:
         print(f"nothing to do: every pair already has its outputs in {args.out}")
         return 0
-    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native or None, threshold=args.threshold,
-                           batch_size=args.batch_size, bf16=False if args.fp32 else None, camera=args.camera,
+    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native or None,
+                           threshold=args.threshold, batch_size=args.batch_size,
+                           bf16=False if args.fp32 else None, camera=args.camera,
                            align_bg=not args.no_align)
     skipped = predict_files(predictor, plan, resize_bg=args.resize_bg, skip_bad=args.skip_bad)
     where = plan[0][2] if len(plan) == 1 else f"{args.out}/<image name>/"
@@ -146,9 +147,9 @@ def _run_predict_video(args) -> int:
         raise UserError("--video needs PyAV, which is not installed; pip install 'maskdepth[video]'") from None
     video.plan_video_outputs(args.out, args.depth_frames, args.alpha_webm, args.force)
     video.steady_memory()
-    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native or None, threshold=args.threshold,
-                           batch_size=args.batch_size, bf16=False if args.fp32 else None,
-                           align_bg=not args.no_align)
+    predictor = load_model(args.ckpt, args.device, size=args.size, native=args.native or None,
+                           threshold=args.threshold, batch_size=args.batch_size,
+                           bf16=False if args.fp32 else None, align_bg=not args.no_align)
     report = video.predict_video(predictor, args.bg, args.video, args.out, resize_bg=args.resize_bg,
                                  depth_frames=args.depth_frames, alpha_webm=args.alpha_webm, force=args.force)
     print(f"wrote {report.frames} frames ({report.width}x{report.height}, {report.fps:.1f} frames/s) to "

@@ -349,8 +349,8 @@ class _Trainer:
     def _header(self, eval_record: dict[str, Any] | None) -> dict[str, Any]:
         size = self.plan.sizes[min(self.pos.epoch, len(self.plan.sizes) - 1)]
         return {"depth": {"unit": self.data.depth_unit, "max": self.data.depth_max, "scale": self.data.depth_scale},
-                "train_size": [size, size], "predict_native": self.config.train.predict_native, "dataset": self.data.describe, "step": self.pos.step,
-                "epoch": self.pos.epoch, "init": self.init_from,
+                "train_size": [size, size], "predict_native": self.config.train.predict_native,
+                "dataset": self.data.describe, "step": self.pos.step, "epoch": self.pos.epoch, "init": self.init_from,
                 "metrics": (eval_record or {}).get("metrics", {})}
 
     def _checkpoint(self) -> None:
