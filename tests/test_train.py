@@ -15,6 +15,7 @@ import torch
 
 from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint
 from maskdepth.cli import main as cli
+from maskdepth.data.compose import ComposeConfig
 from maskdepth.data.make import MakeConfig, make_dataset
 from maskdepth.errors import UserError
 from maskdepth.train import data as train_data
@@ -446,6 +447,22 @@ def test_generated_batches_are_augmented_on_the_cpu_and_resume_exactly():
     assert plain[0]["mask"].sum() > 0
     for a, b in zip(augmented[1:], resumed):  # from the generator's position alone, the same crops again
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compose_section_reaches_the_generator_and_is_checked():
+    from maskdepth.train.dist import DeviceRank
+
+    gen = {**BASE, "data.generator": "procedural", "data.gen_backgrounds": 2, "data.gen_cutouts": 3}
+    c = load_config(None, overrides={**gen, "compose.camo_prob": 0.0, "compose.camo_amount": [0.2, 0.4]})
+    data = train_data.TrainData(c, DeviceRank(torch.device("cpu"), 0, 1, 0))
+    assert data.generator.compose.camo_prob == 0.0 and list(data.generator.compose.camo_amount) == [0.2, 0.4]
+    assert data.generator.compose.cast_prob == ComposeConfig().cast_prob  # the rest keep their defaults
+    with pytest.raises(UserError, match=r"\[compose\] cast_prob = 1.5: give a probability from 0 to 1"):
+        load_config(None, overrides={**gen, "compose.cast_prob": 1.5})
+    with pytest.raises(UserError, match="unknown key \\[compose\\] shadows"):
+        load_config(None, overrides={**gen, "compose.shadows": 1})
+    with pytest.raises(UserError, match="remove \\[compose\\] or use the generator"):
+        load_config(None, overrides={**BASE, "data.dir": "data", "compose.camo_prob": 0.0})
 
 
 def test_matching_init_grows_another_design_from_a_checkpoint(dataset, tmp_path, capsys):

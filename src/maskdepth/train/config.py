@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 
 from maskdepth.data.augment import AugmentConfig
 from maskdepth.data.capture import CaptureConfig
+from maskdepth.data.compose import ComposeConfig
 from maskdepth.errors import UserError
 from maskdepth.losses import LossWeights
 from maskdepth.metrics import METRIC_NAMES
@@ -214,6 +215,8 @@ class Config:
     loss: LossWeights = field(default_factory=LossWeights)
     augment: dict[str, Any] = field(default_factory=dict)  # maskdepth.data.augment.AugmentConfig fields
     capture: dict[str, Any] = field(default_factory=dict)  # maskdepth.data.capture.CaptureConfig fields
+    # maskdepth.data.compose.ComposeConfig fields: how the on-the-fly generator composes (shadows, camouflage...)
+    compose: dict[str, Any] = field(default_factory=dict)
 
 
 SECTIONS = {f.name: f for f in fields(Config)}
@@ -305,14 +308,22 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             built[name] = cls(**table)
         except (TypeError, ValueError) as e:
             raise UserError(f"{source}: [{name}] {e}") from None
-        if name in ("augment", "capture"):  # kept as plain tables, defaults filled in, tuples as lists
+        if name in ("capture", "compose"):
+            for key, value in table.items():
+                if key.endswith(("_p", "_prob")) and not 0 <= value <= 1:
+                    raise UserError(f"{source}: [{name}] {key} = {value!r}: give a probability from 0 to 1")
+        if name in ("augment", "capture", "compose"):  # kept as plain tables, defaults filled in, tuples as lists
             built[name] = json.loads(json.dumps(dataclasses.asdict(built[name])))
+    if raw.get("compose") and built["data"].train_source == "shards":
+        raise UserError(f"{source}: [compose] sets how the on-the-fly generator composes, but data.train_source is "
+                        "\"shards\" (composed already); remove [compose] or use the generator")
     return Config(**built)
 
 
 def _section_class(f: dataclasses.Field) -> type:
     return {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
-            "train": TrainConfig, "loss": LossWeights, "augment": AugmentConfig, "capture": CaptureConfig}[f.name]
+            "train": TrainConfig, "loss": LossWeights, "augment": AugmentConfig, "capture": CaptureConfig,
+            "compose": ComposeConfig}[f.name]
 
 
 def _coerce(section: str, key: str, value: Any, f: dataclasses.Field, hint: Any) -> Any:

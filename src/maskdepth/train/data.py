@@ -15,6 +15,7 @@ import torch
 from maskdepth.data.augment import AugmentConfig, augment_batch, resize_batch
 from maskdepth.data.banks import seed_for
 from maskdepth.data.capture import CaptureConfig
+from maskdepth.data.compose import ComposeConfig
 from maskdepth.data.format import DEPTH_SCALE, DatasetDir
 from maskdepth.data.generator import OnTheFlyGenerator
 from maskdepth.data.loader import make_loader
@@ -62,11 +63,11 @@ class TrainData:
 
     def _make_generator(self, seed: int):
         d = self.config.data
-        capture = self._capture()
+        capture, compose = self._capture(), ComposeConfig(**self.config.compose)
         if d.train_source == "procedural":
-            return OnTheFlyGenerator.procedural(d.gen_backgrounds, d.gen_cutouts, d.size, seed, capture=capture,
-                                                device=self.place.device)
-        return OnTheFlyGenerator.from_dataset(d.dir, d.train_split, seed=seed, capture=capture,
+            return OnTheFlyGenerator.procedural(d.gen_backgrounds, d.gen_cutouts, d.size, seed, compose=compose,
+                                                capture=capture, device=self.place.device)
+        return OnTheFlyGenerator.from_dataset(d.dir, d.train_split, seed=seed, compose=compose, capture=capture,
                                               device=self.place.device)
 
     def _augment(self):
