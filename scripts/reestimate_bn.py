@@ -12,7 +12,6 @@ header, atomically. `--native` also marks it as holding across sizes (train.pred
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
