@@ -15,6 +15,8 @@ from maskdepth.losses import (
     l1_loss,
     smooth_l1_loss,
     ssim_loss,
+    thin_bce_loss,
+    thin_parts,
 )
 
 N, H, W = 3, 32, 40
@@ -105,12 +107,27 @@ def test_every_term_sends_gradient_to_its_head(term):
     assert grad is not None and grad.abs().sum() > 0 and torch.isfinite(grad).all()
 
 
+def test_thin_parts_are_what_the_coarse_grid_cannot_hold():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 4:16, 4:16] = 1.0  # a body: 12 px wide
+    mask[..., 20:22, 2:30] = 1.0  # a rim: 2 px wide
+    thin = thin_parts(mask)
+    assert thin[..., 20:22, 2:30].min() == 1 and thin[..., 19, 10] == 1 and thin[..., 22, 10] == 1  # and beside it
+    assert thin[..., 4:16, 4:16].sum() == 0 and thin[..., 26:, :].sum() == 0
+    logits = torch.where(mask > 0.5, 4.0, -4.0)
+    missed = logits.clone()
+    missed[..., 20:22, 2:30] = -4.0  # the body found, the rim missed
+    assert thin_bce_loss(missed, mask) > 10 * thin_bce_loss(logits, mask)
+    assert bce_loss(missed, mask) < thin_bce_loss(missed, mask) / 5  # plain BCE barely notices
+    assert thin_bce_loss(logits, torch.zeros_like(mask)) == 0  # nothing thin: no loss
+
+
 def test_combined_total_is_the_weighted_sum_of_terms():
     logits, depth, batch = make_batch(4)
-    w = LossWeights(bce=0.5, dice=2.0, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
+    w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
                     depth_grad=1.5, mask_weight=2.0, depth_weight=0.25)
     total, t = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
-    mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.3 * t["mask_ssim"]
+    mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.4 * t["mask_thin"] + 0.3 * t["mask_ssim"]
     dep = 0.1 * t["depth_l1"] + 0.7 * t["depth_smooth_l1"] + t["depth_ssim"] + 1.5 * t["depth_grad"]
     assert t["mask"].item() == pytest.approx(mask.item(), rel=1e-6)
     assert t["depth"].item() == pytest.approx(dep.item(), rel=1e-6)

@@ -1,4 +1,5 @@
-"""Training losses: BCE, soft Dice, SSIM, L1, smooth L1, image-gradient loss, and their configured combination.
+"""Training losses: BCE, soft Dice, thin-part BCE, SSIM, L1, smooth L1, image-gradient loss, and their configured
+combination.
 
 Every function computes in float32 (bf16 / fp16 inputs are cast up) and takes an optional `valid` map
 (N,1,H,W), 1 where the pixel counts: the result is the mean over valid pixels, and 0 (not NaN) when none is
@@ -56,6 +57,25 @@ def dice_loss(logits: Tensor, target: Tensor, valid: Tensor | None = None, smoot
     return (1.0 - (2.0 * inter + smooth) / (total + smooth)).mean()
 
 
+THIN_PX = 5  # parts of the true mask narrower than this (at the working size) are "thin": under the 1/4 grid
+
+
+def thin_parts(target: Tensor, width: int = THIN_PX) -> Tensor:
+    """(N,1,H,W) 1 on the foreground's thin parts (what a `width` x `width` opening of mask > 0.5 removes: rims,
+    spokes, legs, fingers) and on the pixels next to them, else 0."""
+    fg = (target.float() > 0.5).float()
+    r = width // 2
+    opened = F.max_pool2d(-F.max_pool2d(-fg, width, 1, r), width, 1, r)
+    thin = fg * (1.0 - opened)
+    return F.max_pool2d(thin, 3, 1, 1)
+
+
+def thin_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE over the thin parts of the true mask and their neighbours only (thin_parts), so a part a few pixels
+    wide weighs as much as a body however little of the area it covers; 0 when nothing is thin."""
+    return bce_loss(logits, target, thin_parts(target))
+
+
 def ssim_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
     """Structural dissimilarity clamp((1 - SSIM) / 2, 0, 1) (DenseDepth's form), for images in [0, 1]."""
     pred, target = pred.float(), target.float()
@@ -93,6 +113,7 @@ class LossWeights:
 
     bce: float = 1.0
     dice: float = 1.0
+    mask_thin: float = 0.0  # thin_bce_loss: recall of parts a few pixels wide
     mask_ssim: float = 0.0
     depth_l1: float = 0.1
     depth_smooth_l1: float = 0.0
@@ -109,7 +130,7 @@ class LossWeights:
                 raise UserError(f"[loss] {f.name} = {value!r} is not a usable weight: "
                                 "give a finite number >= 0")
             setattr(self, f.name, float(value))
-        mask_on = self.mask_weight > 0 and self.bce + self.dice + self.mask_ssim > 0
+        mask_on = self.mask_weight > 0 and self.bce + self.dice + self.mask_thin + self.mask_ssim > 0
         depth_on = self.depth_weight > 0 and (self.depth_l1 + self.depth_smooth_l1 + self.depth_ssim
                                               + self.depth_grad) > 0
         if not (mask_on or depth_on):
@@ -117,7 +138,7 @@ class LossWeights:
                             "mask or depth term a weight > 0")
 
 
-MASK_TERMS = ("bce", "dice", "mask_ssim")
+MASK_TERMS = ("bce", "dice", "mask_thin", "mask_ssim")
 DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad")
 
 
@@ -146,6 +167,7 @@ class CombinedLoss(nn.Module):
             compute = {
                 "bce": lambda: bce_loss(mask_logits, target_mask),
                 "dice": lambda: dice_loss(mask_logits, target_mask),
+                "mask_thin": lambda: thin_bce_loss(mask_logits, target_mask),
                 "mask_ssim": lambda: ssim_loss(torch.sigmoid(mask_logits.float()), target_mask),
                 "depth_l1": lambda: l1_loss(pred_d, target_d, valid),
                 "depth_smooth_l1": lambda: smooth_l1_loss(pred_d, target_d, valid),
