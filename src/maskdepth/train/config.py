@@ -314,7 +314,8 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
                     raise UserError(f"{source}: [{name}] {key} = {value!r}: give a probability from 0 to 1")
         if name in ("augment", "capture", "compose"):  # kept as plain tables, defaults filled in, tuples as lists
             built[name] = json.loads(json.dumps(dataclasses.asdict(built[name])))
-    if raw.get("compose") and built["data"].train_source == "shards":
+    default_compose = json.loads(json.dumps(dataclasses.asdict(ComposeConfig())))
+    if built["compose"] != default_compose and built["data"].train_source == "shards":  # run folders write all
         raise UserError(f"{source}: [compose] sets how the on-the-fly generator composes, but data.train_source is "
                         "\"shards\" (composed already); remove [compose] or use the generator")
     return Config(**built)
