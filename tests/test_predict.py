@@ -86,6 +86,8 @@ def test_size_and_native_choose_where_the_model_runs(ckpt):
     # above the cap, native resamples to about NATIVE_MAX_PIXELS, aspect kept
     capped = load_model(ckpt, "cpu", native=True).work_size(2160, 3840)
     assert capped[0] * capped[1] <= 1.02 * NATIVE_MAX_PIXELS and abs(capped[1] / capped[0] - 16 / 9) < 0.02
+    # below train_size (48x48 here) a thumbnail is enlarged to it, aspect kept
+    assert load_model(ckpt, "cpu", native=True).work_size(16, 32) == working_size(16, 32, 48)
 
 
 def test_weights_that_hold_across_sizes_run_at_the_input_size_by_default(ckpt, tmp_path):

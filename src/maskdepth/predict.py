@@ -2,7 +2,8 @@
 
 Where the model runs: weights trained across working sizes whose mask and depth hold across them say so in their
 header (`predict_native`, written by `train.predict_native`) and run at the input's own size (up to
-NATIVE_MAX_PIXELS) by default. Other checkpoints were trained on frames of `train_size` pixels, so a pair is
+NATIVE_MAX_PIXELS; a smaller input is enlarged to NATIVE_MIN_SIDE² pixels or train_size, whichever is less) by
+default. Other checkpoints were trained on frames of `train_size` pixels, so a pair is
 resampled (aspect ratio kept) to a working size of about that many pixels. `size=` sets the working size and
 `native=` chooses either way. The outputs are resampled back to the input's size: the mask probability and the
 depth bilinearly, the binary mask thresholded afterwards.
@@ -38,6 +39,9 @@ SIDE_MULTIPLE = 8
 # `native` runs at the input's own size up to this many pixels (about 1 megapixel); larger inputs are resampled
 # to it, aspect kept, so that a 4K frame neither exhausts memory nor takes seconds on a CPU.
 NATIVE_MAX_PIXELS = 1024 * 1024
+# ... and no smaller than this squared (or train_size, where that is smaller): below the sizes such weights are
+# trained at (96-192 for the shipped ones) their depth breaks down, so a thumbnail is enlarged to it
+NATIVE_MIN_SIDE = 96
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -149,6 +153,9 @@ class Predictor:
 
     def work_size(self, h: int, w: int) -> tuple[int, int]:
         if self.native:
+            least = min(NATIVE_MIN_SIDE ** 2, self.train_size[0] * self.train_size[1])
+            if h * w < least:
+                return working_size(h, w, math.isqrt(least))
             return (h, w) if h * w <= NATIVE_MAX_PIXELS else working_size(h, w, math.isqrt(NATIVE_MAX_PIXELS))
         return working_size(h, w, self.size or self.train_size)
 
