@@ -105,16 +105,14 @@ def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "defau
             real: bool = True) -> dict:
     """Write `out_dir`/WEIGHTS_FILE (default.safetensors) and its card CARD_FILE (default.json); return the card."""
     from maskdepth import __version__
-    from maskdepth.checkpoint import load_model_from_checkpoint, read_checkpoint, save_checkpoint
+    from maskdepth.checkpoint import header_info, load_model_from_checkpoint, save_checkpoint
     from maskdepth.evaluate import evaluate_checkpoint
     from maskdepth.fileio import atomic_write_text
 
-    _, header = read_checkpoint(ckpt)
-    model, _ = load_model_from_checkpoint(ckpt)
+    model, header = load_model_from_checkpoint(ckpt)  # the header as read_checkpoint gives it
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
-    save_checkpoint(weights, model, {k: v for k, v in header.items() if k not in ("model", "model_kwargs",
-                                                                                   "format_version")})
+    save_checkpoint(weights, model, header_info(header))
     with tempfile.TemporaryDirectory() as tmp:
         record, _ = evaluate_checkpoint(weights, make_card_dataset(Path(tmp) / "card"), "test",
                                         size=CARD_EVAL["size"], workers=2, progress=False, aligned=True)

@@ -41,7 +41,7 @@ def reestimate(model: torch.nn.Module, batches, sizes: list[int]) -> int:
 
 
 def main() -> int:
-    from maskdepth.checkpoint import load_model_from_checkpoint, save_checkpoint
+    from maskdepth.checkpoint import header_info, load_model_from_checkpoint, save_checkpoint
     from maskdepth.data.generator import OnTheFlyGenerator
     from maskdepth.errors import UserError
 
@@ -61,7 +61,7 @@ def main() -> int:
     model, header = load_model_from_checkpoint(args.ckpt)
     gen = OnTheFlyGenerator.procedural(200, 100, max(args.sizes), seed=args.seed, batch_size=args.batch_size)
     passes = reestimate(model, (gen.next_batch() for _ in range(args.batches)), sorted(args.sizes))
-    info = {k: v for k, v in header.items() if k not in ("model", "model_kwargs", "format_version")}
+    info = header_info(header)
     info["bn_reestimated"] = {"sizes": sorted(args.sizes), "batches": args.batches,
                               "batch_size": args.batch_size, "seed": args.seed}
     if args.native:

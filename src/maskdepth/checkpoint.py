@@ -41,6 +41,14 @@ def default_weights(what_to_do: str) -> Path:
     return path
 
 
+SAVED_KEYS = ("format_version", "model", "model_kwargs")  # what save_checkpoint writes itself
+
+
+def header_info(header: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint header without what save_checkpoint writes itself: the `info` to save other weights with."""
+    return {k: v for k, v in header.items() if k not in SAVED_KEYS}
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: dict[str, Any] | None = None) -> None:
     """Write `model`'s weights and how to rebuild it (model_name, model_kwargs) plus `info` atomically."""
     model = getattr(model, "module", model)  # unwrap DDP
