@@ -4,6 +4,9 @@ On a small shared machine idle torch threads spin-wait and fight loader workers 
 cores; one thread keeps every test's time steady. Nothing here changes what a test checks.
 """
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,3 +26,12 @@ def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-ckpt") / "tiny.safetensors"
     save_checkpoint(path, create_model("maskdepth-small", width=8), TINY_HEADER)
     return path
+
+
+def load_script(name: str):
+    """scripts/`name`.py as a module (the scripts folder is not a package), to test its functions."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

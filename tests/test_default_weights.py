@@ -1,24 +1,16 @@
 """The weights shipped in the package load and reproduce their card on a freshly generated test set."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from maskdepth.checkpoint import DEFAULT_CARD, DEFAULT_WEIGHTS, packaged_file
 from maskdepth.evaluate import evaluate_checkpoint
 
 WEIGHTS = packaged_file(DEFAULT_WEIGHTS)
 CARD = packaged_file(DEFAULT_CARD)
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py"
-
-
-def _card_eval():
-    spec = importlib.util.spec_from_file_location("package_default_weights", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_default_weights_are_shipped_with_a_card():
@@ -34,7 +26,7 @@ def test_default_weights_reach_their_card(tmp_path):
 
     predictor = maskdepth.load_model()
     assert predictor.card["model"] == predictor.model_name
-    mod = _card_eval()
+    mod = load_script("package_default_weights")
     card = json.loads(CARD.read_text())
     assert card["evaluation"]["dataset"] == mod.CARD_EVAL
     data = mod.make_card_dataset(tmp_path / "card")

@@ -1,21 +1,10 @@
 """scripts/reestimate_bn.py: BatchNorm statistics become the plain average over every pass at every size."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from conftest import load_script
 from maskdepth.data.augment import resize_batch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reestimate_bn.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("reestimate_bn", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 class _Norm(nn.Module):
@@ -34,7 +23,7 @@ def test_statistics_are_the_average_over_sizes_and_batches():
                 "depth_valid": torch.ones(4, 1, 32, 32)} for k in range(3)]
     model = _Norm()
     model.bn.running_mean.fill_(5.0)  # what the last epoch left: must not survive
-    passes = _script().reestimate(model, iter(batches), [16, 32])
+    passes = load_script("reestimate_bn").reestimate(model, iter(batches), [16, 32])
     assert passes == 6 and not model.training and model.bn.momentum == 0.1
     diffs = [b["image"] - b["bg"] for b in batches]
     diffs += [(lambda r: r["image"] - r["bg"])(resize_batch(b, 16)) for b in batches]
