@@ -13,6 +13,7 @@ from maskdepth.losses import (
     dice_loss,
     gradient_loss,
     l1_loss,
+    silog_loss,
     smooth_l1_loss,
     ssim_loss,
     thin_bce_loss,
@@ -75,6 +76,22 @@ def test_gradient_loss_matches_numpy_sobel():
     assert got == pytest.approx(expected, rel=1e-5)
 
 
+def test_silog_matches_formula_and_forgives_most_of_a_scale_error():
+    _, depth, batch = make_batch(3)
+    valid = batch["depth_valid"]
+    p, t = depth / DEPTH_MAX, batch["depth"] / DEPTH_MAX
+    g = (np.log(p.double().numpy().clip(0) + 1e-3) - np.log(t.double().numpy() + 1e-3))[:, 0]
+    v = valid.numpy()[:, 0] > 0.5
+    expected = np.mean([np.sqrt((gi[vi] ** 2).mean() - 0.85 * gi[vi].mean() ** 2) for gi, vi in zip(g, v)])
+    assert silog_loss(p, t, valid).item() == pytest.approx(expected, rel=1e-4)
+    assert silog_loss(t, t, valid).item() == pytest.approx(0.0, abs=1e-3)
+    # a right shape 30% too deep keeps sqrt(1 - 0.85) of its log error; the same mean error spread unevenly, more
+    scaled, warped = t * 1.3, t * (1 + 0.6 * torch.rand_like(t))
+    assert silog_loss(scaled, t, valid).item() == pytest.approx(0.15**0.5 * np.log(1.3), rel=0.02)
+    assert silog_loss(scaled, t, valid) < silog_loss(warped, t, valid)
+    assert silog_loss(scaled, t, valid, lam=1.0).item() == pytest.approx(0.0, abs=1e-3)
+
+
 def test_ssim_of_image_with_itself_is_zero_loss():
     x = torch.rand(2, 1, 32, 32)
     assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
@@ -88,7 +105,7 @@ def test_invalid_pixels_neither_count_nor_get_gradient():
     pred = (depth / DEPTH_MAX).requires_grad_()
     target = batch["depth"] / DEPTH_MAX
     changed = torch.where(valid > 0.5, pred.detach(), torch.rand_like(target))
-    for fn in (l1_loss, smooth_l1_loss, ssim_loss, gradient_loss):
+    for fn in (l1_loss, smooth_l1_loss, ssim_loss, gradient_loss, silog_loss):
         assert fn(pred, target, valid).item() == pytest.approx(fn(changed, target, valid).item(), rel=1e-6)
         (grad,) = torch.autograd.grad(fn(pred, target, valid), pred)
         assert grad[valid == 0].abs().max() == 0
@@ -125,10 +142,11 @@ def test_thin_parts_are_what_the_coarse_grid_cannot_hold():
 def test_combined_total_is_the_weighted_sum_of_terms():
     logits, depth, batch = make_batch(4)
     w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
-                    depth_grad=1.5, mask_weight=2.0, depth_weight=0.25)
+                    depth_grad=1.5, depth_silog=0.6, mask_weight=2.0, depth_weight=0.25)
     total, t = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
     mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.4 * t["mask_thin"] + 0.3 * t["mask_ssim"]
-    dep = 0.1 * t["depth_l1"] + 0.7 * t["depth_smooth_l1"] + t["depth_ssim"] + 1.5 * t["depth_grad"]
+    dep = (0.1 * t["depth_l1"] + 0.7 * t["depth_smooth_l1"] + t["depth_ssim"] + 1.5 * t["depth_grad"]
+           + 0.6 * t["depth_silog"])
     assert t["mask"].item() == pytest.approx(mask.item(), rel=1e-6)
     assert t["depth"].item() == pytest.approx(dep.item(), rel=1e-6)
     assert total.item() == pytest.approx(2.0 * mask.item() + 0.25 * dep.item(), rel=1e-6)
@@ -143,9 +161,10 @@ def test_defaults_are_bce_dice_and_densedepth_terms():
 
 def test_depth_terms_are_scale_free():
     logits, depth, batch = make_batch(6)
-    _, a = CombinedLoss(LossWeights(depth_smooth_l1=1.0), DEPTH_MAX)(logits, depth, batch)
+    w = LossWeights(depth_smooth_l1=1.0, depth_silog=1.0)
+    _, a = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
     scaled = dict(batch, depth=batch["depth"] * 100)
-    _, b = CombinedLoss(LossWeights(depth_smooth_l1=1.0), DEPTH_MAX * 100)(logits, depth * 100, scaled)
+    _, b = CombinedLoss(w, DEPTH_MAX * 100)(logits, depth * 100, scaled)
     for name in DEPTH_TERMS:
         assert a[name].item() == pytest.approx(b[name].item(), rel=1e-4)
 

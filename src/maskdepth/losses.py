@@ -1,5 +1,5 @@
-"""Training losses: BCE, soft Dice, thin-part BCE, SSIM, L1, smooth L1, image-gradient loss, and their configured
-combination.
+"""Training losses: BCE, soft Dice, thin-part BCE, SSIM, L1, smooth L1, image-gradient loss, scale-invariant log
+loss, and their configured combination.
 
 Every function computes in float32 (bf16 / fp16 inputs are cast up) and takes an optional `valid` map
 (N,1,H,W), 1 where the pixel counts: the result is the mean over valid pixels, and 0 (not NaN) when none is
@@ -104,6 +104,25 @@ def gradient_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> 
     return masked_mean(diff, valid)
 
 
+SILOG_LAMBDA = 0.85  # Eigen et al.'s and BTS's choice: mostly scale-invariant, 15% of the log-scale error kept
+SILOG_EPS = 1e-3  # on depth / depth_max, i.e. 1.6 cm at 16 m: keeps the log finite at a zero prediction
+
+
+def silog_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None, lam: float = SILOG_LAMBDA) -> Tensor:
+    """Scale-invariant log loss sqrt(mean(g^2) - lam * mean(g)^2), g = log pred - log target, per image, then
+    averaged: it charges relative error in the depth's shape (the near floor as much as a far wall) rather than
+    its overall scale, which is what a camera profile fixes with one factor. 0 for an image with no valid pixel."""
+    pred, target = pred.float(), target.float()
+    g = torch.log(pred.clamp_min(0) + SILOG_EPS) - torch.log(target.clamp_min(0) + SILOG_EPS)
+    w = torch.ones_like(g) if valid is None else valid.float()
+    n = w.sum((1, 2, 3))
+    mean = (g * w).sum((1, 2, 3)) / n.clamp_min(1)
+    mean_sq = (g * g * w).sum((1, 2, 3)) / n.clamp_min(1)
+    # the clamp keeps sqrt's gradient finite where g is constant (a pure scale error, lam = 1)
+    per_image = (mean_sq - lam * mean * mean).clamp_min(1e-8).sqrt() * (n > 0)
+    return per_image.mean()
+
+
 @dataclass
 class LossWeights:
     """The config section [loss]; field names are the config keys.
@@ -119,6 +138,7 @@ class LossWeights:
     depth_smooth_l1: float = 0.0
     depth_ssim: float = 1.0
     depth_grad: float = 1.0
+    depth_silog: float = 0.0  # silog_loss: the depth's shape up to one scale, what calibration relies on
     mask_weight: float = 1.0
     depth_weight: float = 1.0
 
@@ -132,14 +152,14 @@ class LossWeights:
             setattr(self, f.name, float(value))
         mask_on = self.mask_weight > 0 and self.bce + self.dice + self.mask_thin + self.mask_ssim > 0
         depth_on = self.depth_weight > 0 and (self.depth_l1 + self.depth_smooth_l1 + self.depth_ssim
-                                              + self.depth_grad) > 0
+                                              + self.depth_grad + self.depth_silog) > 0
         if not (mask_on or depth_on):
             raise UserError("[loss] every weight is 0, so nothing would be trained: give at least one "
                             "mask or depth term a weight > 0")
 
 
 MASK_TERMS = ("bce", "dice", "mask_thin", "mask_ssim")
-DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad")
+DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad", "depth_silog")
 
 
 class CombinedLoss(nn.Module):
@@ -173,6 +193,7 @@ class CombinedLoss(nn.Module):
                 "depth_smooth_l1": lambda: smooth_l1_loss(pred_d, target_d, valid),
                 "depth_ssim": lambda: ssim_loss(pred_d, target_d, valid),
                 "depth_grad": lambda: gradient_loss(pred_d, target_d, valid),
+                "depth_silog": lambda: silog_loss(pred_d, target_d, valid),
             }
             head_on = {n: w.mask_weight > 0 for n in MASK_TERMS} | {n: w.depth_weight > 0 for n in DEPTH_TERMS}
             terms = {name: fn() for name, fn in compute.items() if head_on[name] and getattr(w, name) > 0}
