@@ -13,7 +13,8 @@ on its floor (data/compose.py, the training composition) it reports, beside the 
 And a sequence check: one camera, 50 frames each with a different cutout, the relative spread (std / mean) of
 the depth of static pixels (no foreground in any frame) across the frames, with the profile and without.
 
-    nice .venv/bin/python benchmarks/calibration.py [--rooms 12] [--frames 8] [--out benchmarks/results/calibration.json]
+    nice .venv/bin/python benchmarks/calibration.py [--ckpt W] [--rooms 12] [--frames 8]
+        [--out benchmarks/results/calibration.json]
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ def run_sequence(predictor, n_frames: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped weights)")
     ap.add_argument("--rooms", type=int, default=12)
     ap.add_argument("--frames", type=int, default=8, help="composites per room")
     ap.add_argument("--sequence", type=int, default=50, help="frames of the sequence check")
@@ -197,8 +199,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
-    predictor = maskdepth.load_model(device="cpu")
-    report = {"what": "camera profile on unseen procedural rooms (seed 777), shipped default weights",
+    predictor = maskdepth.load_model(args.ckpt, device="cpu")
+    report = {"what": "camera profile on unseen procedural rooms (seed 777), "
+                      + (args.ckpt or "shipped default weights"),
               "size": list(SIZE), "rooms_n": args.rooms, "frames_per_room": args.frames,
               "machine": f"{platform.machine()}, torch {torch.__version__}",
               **run_rooms(predictor, args.rooms, args.frames), "sequence": run_sequence(predictor, args.sequence)}
