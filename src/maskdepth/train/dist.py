@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -44,6 +45,17 @@ def setup(device_name: str) -> DeviceRank:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=30))
     return DeviceRank(device, rank, world_size, local_rank)
+
+
+def finish(place: DeviceRank) -> None:
+    """After a run that ended well on every rank: wait for all ranks, and free the DDP wrapper, whose reducer
+    holds the process group, so that teardown closes the group here rather than at interpreter exit. A rank
+    that shut gloo down while its peer was still writing after the last collective (rank 0 saves the state
+    after gathering it) could be aborted by the C++ runtime ("terminate called without an active
+    exception")."""
+    if place.distributed:
+        gc.collect()
+        dist.barrier()
 
 
 def teardown() -> None:

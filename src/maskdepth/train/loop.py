@@ -66,7 +66,9 @@ def train(config: Config, out: str | Path, *, resume: bool = False, force: bool 
     try:
         if place.device.type == "cpu" and config.data.train_source == "shards":
             torch.set_num_threads(cpu_threads_beside(config.data.workers))
-        return _Trainer(config, Path(out), place, resume, force, argv or rundir.command_line(), on_step).run()
+        last_eval = _Trainer(config, Path(out), place, resume, force, argv or rundir.command_line(), on_step).run()
+        distmod.finish(place)
+        return last_eval
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.set_num_threads(threads)
