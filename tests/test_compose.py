@@ -233,6 +233,37 @@ def test_camouflage_takes_the_colours_behind_the_cutout(patch):
                 torch.testing.assert_close(seen, 0.1 * mine + 0.9 * p.camo_color[i], atol=0.02, rtol=0)
 
 
+def test_brightness_camouflage_takes_the_brightness_behind_and_keeps_the_cutouts_colour():
+    bgs, cutouts = banks()
+    cfg = ComposeConfig(**{**ONLY, "camo_prob": 1.0}, camo_amount=(1.0, 1.0), camo_patch=0.0, camo_luma=1.0)
+    p = draw(bgs, cutouts, n=32, seed=3, cfg=cfg)
+    assert p.camo_luma.all()
+    plain = composite(bgs, cutouts, dataclasses.replace(p, camo=torch.zeros(len(p))), cfg)
+    camo = composite(bgs, cutouts, p, cfg)
+    assert torch.equal(plain["mask"], camo["mask"]) and torch.equal(plain["depth"], camo["depth"])
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1)
+    checked = 0
+    for i in range(len(p)):
+        m = plain["mask"][i, 0] > 0.99
+        target = float((p.camo_color[i] * luma[:, 0]).sum())
+        if m.sum() < 20:
+            continue
+        mine, seen = plain["image"][i][:, m], camo["image"][i][:, m]
+        own = (mine * luma).sum(0)
+        # near-black pixels are brightened only up to a cap, and no channel may pass 1
+        lit = (own > 0.05) & (mine.amax(0) * target / own.clamp(min=1e-3) < 0.98)
+        if lit.sum() < 10:
+            continue
+        torch.testing.assert_close((seen[:, lit] * luma).sum(0), torch.full((int(lit.sum()),), target),
+                                   atol=0.02, rtol=0)
+        chroma = lambda x: x / x.sum(0, keepdim=True)  # noqa: E731
+        torch.testing.assert_close(chroma(seen[:, lit]), chroma(mine[:, lit]), atol=0.02, rtol=0)
+        checked += 1
+    assert checked >= 5
+    # off by default: the draws, and so every composite, stay what they were
+    assert not draw(bgs, cutouts, n=32, seed=3, cfg=ComposeConfig(**{**ONLY, "camo_prob": 1.0})).camo_luma.any()
+
+
 def test_box_mean_colour_is_the_background_under_the_box():
     # a background whose red grows along x and green along y: the mean over a box is its centre's colour
     _, depth, floor, f = ground_plane(0)

@@ -72,6 +72,9 @@ class ComposeConfig:
     camo_amount: tuple[float, float] = (0.5, 0.9)
     camo_patch: float = 0.5
     camo_offset: tuple[float, float] = (0.3, 1.0)
+    # probability that a camouflaged cutout takes only the target's brightness, keeping its own hue and saturation
+    # (a red coat on a grey wall of the same brightness: what differencing by luminance misses)
+    camo_luma: float = 0.0
 
     EFFECTS = ("shadow_prob", "cast_prob", "reflection_prob", "shade_prob", "camo_prob")
 
@@ -106,6 +109,7 @@ class Placement:
     reflection: torch.Tensor  # (N,) float32 floor-reflection strength, 0 = none
     camo: torch.Tensor  # (N,) float32 camouflage blend, 0 = none
     camo_patch: torch.Tensor  # (N,) bool: toward a background patch (else toward the mean colour)
+    camo_luma: torch.Tensor  # (N,) bool: only the target's brightness, the cutout's own chromaticity kept
     camo_color: torch.Tensor  # (N,3) float32 in [0,1]: the background's mean colour under the box
     camo_offset: torch.Tensor  # (N,2) float32 (x, y) pixels from a point to the patch pixel it takes
     fg_gain: torch.Tensor  # (N,) float32 brightness of the cutout (1: as drawn)
@@ -183,6 +187,9 @@ def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Te
     side = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
     offset = torch.stack([side * _uniform(n, cfg.camo_offset, generator, device) * width,
                           _uniform(n, (-0.2, 0.2), generator, device) * height], dim=1)
+    # drawn only where asked for, so configs without it compose exactly as before
+    luma = (torch.rand(n, generator=generator, device=device) < cfg.camo_luma if cfg.camo_luma > 0
+            else torch.zeros(n, dtype=torch.bool, device=device))
     u, v = take(u), take(v)
     gain, tilt = _shading(bgs, bg_idx, u, v, width, height, generator, cfg)
     return Placement(
@@ -192,7 +199,7 @@ def sample_placements(bgs: BackgroundBank, cutouts: CutoutBank, bg_idx: torch.Te
         height_px=height, width_px=width, level=level, shadow=strength,
         scale=height / cutouts.src_hw[fg_idx, 0],
         cast=cast, light=torch.stack([kx, ky], dim=1), cast_level=(level + soft).clamp(max=cutouts.levels - 1),
-        reflection=reflection, camo=camo, camo_patch=patch,
+        reflection=reflection, camo=camo, camo_patch=patch, camo_luma=luma,
         camo_color=_box_mean_colour(bgs, bg_idx, u, v, width, height), camo_offset=offset,
         fg_gain=gain, fg_tilt=tilt,
     )
@@ -395,6 +402,14 @@ def _mirror_grid(cutouts: CutoutBank, r: Placement, xs: torch.Tensor, ys: torch.
     return grid, across * fade * r.reflection.view(k, 1, 1, 1)
 
 
+CAMO_LUMA_GAIN = 8.0  # a near-black cutout brightened this much at most: beyond, it is its own noise
+
+
+def _luma_planes(rgb: torch.Tensor) -> torch.Tensor:
+    """(K,1,H,W) luma of (K,3,H,W) RGB."""
+    return (rgb * rgb.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 def _camo_target(bgs: BackgroundBank, c: Placement, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """(K,3,H,W) the colour a camouflaged cutout takes: the background's mean under the box, or the background
     patch camo_offset away, read from the bank at absolute coordinates (never from the window)."""
@@ -461,8 +476,12 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
     fg_rgb = torch.minimum(fg_rgb * shade, alpha)
     if camo_idx is None or camo_idx.numel():
         c = _subset(p, camo_idx)
-        blended = torch.lerp(_rows(fg_rgb, camo_idx), _rows(alpha, camo_idx) * _camo_target(
-            bgs, c, _rows(xs, camo_idx), _rows(ys, camo_idx)), c.camo.view(-1, 1, 1, 1))
+        own, a = _rows(fg_rgb, camo_idx), _rows(alpha, camo_idx)
+        target = a * _camo_target(bgs, c, _rows(xs, camo_idx), _rows(ys, camo_idx))
+        # brightness only: the cutout's colour scaled to the target's luma (premultiplied, so alpha cancels)
+        gain = (_luma_planes(target) / _luma_planes(own).clamp_min(1e-3)).clamp(max=CAMO_LUMA_GAIN)
+        target = torch.where(c.camo_luma.view(-1, 1, 1, 1), torch.minimum(own * gain, a), target)
+        blended = torch.lerp(own, target, c.camo.view(-1, 1, 1, 1))
         fg_rgb = _put(fg_rgb, camo_idx, blended)
 
     tx, ty = (t.view(n, 1, 1, 1) for t in _texel_px(cutouts, p))

@@ -148,6 +148,21 @@ def _material(rng: np.random.Generator, kinds=("noise", "stripes", "dead_leaves"
     return random_spec(rng, kind, rng.uniform(*scale), a, b, contrast=(0.2, 0.9))
 
 
+# Clothes are mostly black, grey, white, navy or denim: a cloth is a near-neutral dark with CLOTH_DARK probability,
+# a near-neutral light with CLOTH_LIGHT, else any colour. Dark clothes are what a model that reads every
+# darkening as a shadow misses.
+CLOTH_DARK, CLOTH_LIGHT = 0.35, 0.15
+
+
+def _cloth(rng: np.random.Generator) -> TextureSpec:
+    r = rng.uniform()
+    if r < CLOTH_DARK:
+        return _material(rng, sat=(0.0, 0.3), val=(0.03, 0.2))
+    if r < CLOTH_DARK + CLOTH_LIGHT:
+        return _material(rng, sat=(0.0, 0.12), val=(0.75, 0.97))
+    return _material(rng)
+
+
 def _skin(rng: np.random.Generator) -> TextureSpec:
     return _material(rng, kinds=("noise",), sat=(0.2, 0.55), val=(0.3, 0.95), hue=(0.03, 0.1))
 
@@ -164,7 +179,7 @@ def _person(rng: np.random.Generator, height: float) -> list[_Layer]:
     sw, hw = h * rng.uniform(0.09, 0.13), h * rng.uniform(0.06, 0.09)
     leg = hip_y * 0.5
     arm = (h * 0.18, h * 0.17)
-    shirt, trousers, skin = _material(rng), _material(rng), _skin(rng)
+    shirt, trousers, skin = _cloth(rng), _cloth(rng), _skin(rng)
     hair = _material(rng, kinds=("noise",), sat=(0.1, 0.6), val=(0.05, 0.6), hue=(0.02, 0.12))
     shoes = _material(rng, kinds=("noise",), val=(0.05, 0.5))
     short_sleeves, skirt = rng.uniform() < 0.35, rng.uniform() < 0.2

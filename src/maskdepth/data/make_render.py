@@ -124,7 +124,7 @@ def build_shard(plan: ShardPlan, index: int) -> int:
     scale, depth_c, shadow = p.scale.numpy(), p.contact_depth.numpy(), p.shadow.numpy()
     known = p.depth_known.numpy()
     cast, light, reflection = p.cast.numpy(), p.light.numpy(), p.reflection.numpy()
-    camo, camo_patch = p.camo.numpy(), p.camo_patch.numpy()
+    camo, camo_patch, camo_luma = p.camo.numpy(), p.camo_patch.numpy(), p.camo_luma.numpy()
     shading = torch.cat([p.fg_gain[:, None], p.fg_tilt], 1).numpy()
     encoded: list[tuple[str, dict[str, bytes]] | None] = [None] * len(k)
     samples = render_samples(bgs, cutouts, p, plan.cfg.compose, bg_rgb, bg_depth)
@@ -137,7 +137,8 @@ def build_shard(plan: ShardPlan, index: int) -> int:
                 "shadow": round(float(shadow[i]), 3), "cast_shadow": round(float(cast[i]), 3),
                 "light": [round(float(light[i, 0]), 3), round(float(light[i, 1]), 3)],
                 "reflection": round(float(reflection[i]), 3), "camouflage": round(float(camo[i]), 3),
-                "camouflage_patch": bool(camo_patch[i]), "shading": [round(float(x), 3) for x in shading[i]]}
+                "camouflage_patch": bool(camo_patch[i]), "camouflage_luma": bool(camo_luma[i]),
+                "shading": [round(float(x), 3) for x in shading[i]]}
         encoded[i] = (f"{split}-{int(k[i]):07d}", {
             "fg_bg.jpg": encode_jpeg(image, JPEG_QUALITY),
             "mask.png": encode_png(mask),

@@ -42,6 +42,7 @@ EVAL_SOURCES = {
     "held-out": "gen_eval_batches batches of the train source's generator, drawn once with another seed",
     "none": "no evaluation",
 }
+COMPOSE_SHARES = ("camo_patch", "camo_luma")  # [compose] probabilities whose names do not end in _prob
 # The spelling of configs and run folders before train_source: [data] generator (and --generator) -> train_source.
 GENERATOR_TO_TRAIN_SOURCE = {"": "shards", "procedural": "procedural", "dataset": "composed"}
 
@@ -310,7 +311,7 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             raise UserError(f"{source}: [{name}] {e}") from None
         if name in ("capture", "compose"):
             for key, value in table.items():
-                if key.endswith(("_p", "_prob")) and not 0 <= value <= 1:
+                if (key.endswith(("_p", "_prob")) or key in COMPOSE_SHARES) and not 0 <= value <= 1:
                     raise UserError(f"{source}: [{name}] {key} = {value!r}: give a probability from 0 to 1")
         if name in ("augment", "capture", "compose"):  # kept as plain tables, defaults filled in, tuples as lists
             built[name] = json.loads(json.dumps(dataclasses.asdict(built[name])))
