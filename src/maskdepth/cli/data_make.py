@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 
@@ -51,6 +52,9 @@ def register(dsub) -> None:
     p.add_argument("--plain", action="store_true",
                    help="paste cutouts as they are: no synthetic shadows, reflections, shading or camouflage "
                         "(for benchmarks on real pictures)")
+    p.add_argument("--clutter", type=int, default=0, metavar="N",
+                   help="cutouts standing in every background as static clutter, in bg and fg_bg alike "
+                        "(default 0: the backgrounds as they are)")
     p.add_argument("--force", action="store_true", help="replace the contents of OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_photo_arguments(p)
@@ -133,6 +137,10 @@ def _make(args) -> int:
         options["compose"] = ComposeConfig(min_height=lo, max_height=hi)
     if args.plain:
         options["compose"] = options.get("compose", ComposeConfig()).plain()
+    if args.clutter:
+        if args.clutter < 0:
+            raise UserError(f"--clutter {args.clutter}: give the number of cutouts per background, 0 or more")
+        options["compose"] = dataclasses.replace(options.get("compose", ComposeConfig()), clutter=args.clutter)
     cfg = MakeConfig(seed=args.seed, shard_size=args.shard_size, test_fraction=args.test_fraction,
                      bg_dir=args.bg_dir, fg_dir=args.fg_dir, fit=args.fit,
                      teacher=args.depth_teacher, teacher_mode=args.teacher_mode,

@@ -44,7 +44,7 @@ MIN_MIP_SIZE = 8  # smallest mip level side
 
 
 # streams of `seed_for`: each kind of random draw has its own, so adding one never shifts another
-STREAM_BACKGROUND, STREAM_CUTOUT, STREAM_SPLIT, STREAM_ORDER, STREAM_SHARD, STREAM_STEP = range(1, 7)
+STREAM_BACKGROUND, STREAM_CUTOUT, STREAM_SPLIT, STREAM_ORDER, STREAM_SHARD, STREAM_STEP, STREAM_CLUTTER = range(1, 8)
 
 
 def seed_for(*keys: int) -> int:

@@ -72,6 +72,8 @@ class ComposeConfig:
     camo_amount: tuple[float, float] = (0.5, 0.9)
     camo_patch: float = 0.5
     camo_offset: tuple[float, float] = (0.3, 1.0)
+    # cutouts standing in every background as static clutter, in bg and image alike (data/clutter.py)
+    clutter: int = 0
     # probability that a camouflaged cutout takes only the target's brightness, keeping its own hue and saturation
     # (a red coat on a grey wall of the same brightness: what differencing by luminance misses)
     camo_luma: float = 0.0

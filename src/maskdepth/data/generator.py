@@ -22,6 +22,7 @@ from maskdepth.data.banks import (
     seed_for,
 )
 from maskdepth.data.capture import CaptureConfig, apply_camera, apply_capture
+from maskdepth.data.clutter import furnish
 from maskdepth.data.compose import ComposeConfig, composite, sample_placements
 from maskdepth.data.format import DatasetMetadata, round_depth_max
 from maskdepth.errors import UserError
@@ -39,7 +40,8 @@ class OnTheFlyGenerator:
                  compose: ComposeConfig = ComposeConfig(), capture: CaptureConfig | None = CaptureConfig(),
                  device: torch.device | str | None = None, depth_max: float | None = None):
         self.device = torch.device(device) if device is not None else bgs.device
-        self.bgs, self.cutouts = bgs.to(self.device), cutouts.to(self.device)
+        self.cutouts = cutouts.to(self.device)
+        self.bgs = furnish(bgs.to(self.device), self.cutouts, compose.clutter, seed, compose)  # as data make does
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.compose, self.capture = compose, capture
         self.depth_max = depth_max if depth_max is not None else round_depth_max(float(bgs.depth.max()))

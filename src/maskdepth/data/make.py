@@ -38,6 +38,7 @@ from maskdepth.data.banks import (
     procedural_background,
     procedural_foreground,
 )
+from maskdepth.data.clutter import furnish_backgrounds
 from maskdepth.data.format import (
     DATASET_OUTPUT,
     DEPTH_SCALE,
@@ -116,6 +117,8 @@ def load_assets(cfg: MakeConfig, pool=None, teacher=None, progress: bool = True)
     else:
         cutouts = list(run(_procedural_fg, [(cfg.seed, i, CUTOUT_SIZE, cfg.fg_kinds)
                                             for i in range(cfg.foregrounds)]))
+    # the same furnished rooms the on-the-fly generator builds from these assets and seed
+    backgrounds = furnish_backgrounds(backgrounds, cutouts, cfg.compose.clutter, cfg.seed, cfg.compose)
     return Assets(backgrounds, cutouts, sources, skipped)
 
 
