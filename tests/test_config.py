@@ -73,3 +73,29 @@ def test_an_unknown_config_name_is_one_line_listing_the_shipped_ones(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="no such config file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_a_config_builds_on_its_base_key_by_key(tmp_path):
+    (tmp_path / "parent.toml").write_text('base = "cpu-quick"\n[optim]\nlr = 0.5\n[train]\nsteps = 7\n')
+    (tmp_path / "child.toml").write_text('base = "parent.toml"\n[train]\nsteps = 9\n')
+    quick, child = load_config("cpu-quick"), load_config(tmp_path / "child.toml")
+    assert child.train.steps == 9 and child.optim.lr == 0.5  # its own key, then its parent's
+    assert child.train.batch_size == quick.train.batch_size and child.data == quick.data  # the rest: the shipped one
+
+
+def test_a_shipped_stage_config_resolves_to_every_key_of_its_chain():
+    silog, thin = load_config("default-weights-silog"), load_config("default-weights-thin")
+    assert silog.loss.depth_silog == 0.25 and silog.loss.mask_thin == thin.loss.mask_thin == 0.25
+    assert silog.train.resize == thin.train.resize and silog.capture == thin.capture
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('base = "loop.toml"\n', "lead back to itself"),
+    ('base = "nowhere.toml"\n', "no such config file"),
+    ("base = 3\n", "give the config this one builds on"),
+])
+def test_a_bad_base_is_one_line(tmp_path, text, expected):
+    (tmp_path / "loop.toml").write_text(text)
+    with pytest.raises(UserError, match=expected) as e:
+        load_config(tmp_path / "loop.toml")
+    assert "\n" not in str(e.value)

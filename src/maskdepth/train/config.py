@@ -266,20 +266,38 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     return section, key.strip(), value
 
 
+def _read_toml(path: str | os.PathLike, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The sections of config `path`, on top of those of its `base` (a config it names by file, relative to its
+    own folder, or by shipped name): each key it gives replaces the base's, the rest are the base's."""
+    beside = seen[-1].parent / path if seen else None  # a base named by a config: first beside that config
+    p = beside if beside is not None and beside.is_file() else find_config(path)
+    if p.resolve() in seen:
+        raise UserError(f"{p}: its base configs lead back to itself; remove one `base =` line of the cycle")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid TOML ({e}); fix the file") from None
+    base = raw.pop("base", None)
+    for section, table in raw.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            raise UserError(f"{p}: unknown section [{section}]; sections are {', '.join(SECTIONS)} (and a "
+                            "top-level base = \"CONFIG\")")
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise UserError(f"{p}: base = {base!r}: give the config this one builds on, as a file or shipped name")
+    merged = _read_toml(base, (*seen, p.resolve()))
+    for section, table in raw.items():
+        merged[section] = {**merged.get(section, {}), **table}
+    return merged
+
+
 def load_config(path: str | os.PathLike | None = None, sets: list[str] | tuple[str, ...] = (),
                 overrides: dict[str, Any] | None = None) -> Config:
-    """Read TOML `path` (None: defaults), then apply `sets` ("section.key=value") and `overrides`
-    ({"section.key": value}, the CLI's short flags), then validate. Bad keys or values raise UserError."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = find_config(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{p}: not valid TOML ({e}); fix the file") from None
-        for section, table in raw.items():
-            if section not in SECTIONS or not isinstance(table, dict):
-                raise UserError(f"{p}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
+    """Read TOML `path` (None: defaults) on top of the configs it names as `base`, then apply `sets`
+    ("section.key=value") and `overrides` ({"section.key": value}, the CLI's short flags), then validate. Bad keys
+    or values raise UserError."""
+    raw: dict[str, Any] = _read_toml(path) if path is not None else {}
     changes = [parse_set(s) for s in sets]
     changes += [(*name.split(".", 1), value) for name, value in (overrides or {}).items()]
     for section, key, value in changes:
