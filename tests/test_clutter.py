@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -14,6 +15,7 @@ from maskdepth.data.compose import ComposeConfig, composite, sample_placements
 from maskdepth.data.format import background_files
 from maskdepth.data.generator import OnTheFlyGenerator
 from maskdepth.data.make import MakeConfig, make_dataset
+from maskdepth.errors import UserError
 
 SIZE = (48, 64)
 
@@ -69,3 +71,10 @@ def test_data_make_writes_the_rooms_the_generator_furnishes(tmp_path):
         written = np.asarray(Image.open(background_files(tmp_path / "d", i)[0]).convert("RGB"))
         np.testing.assert_array_equal(written, gen.bgs.image[i].permute(1, 2, 0).numpy())
     assert not torch.equal(gen.bgs.image, plain.bgs.image)
+
+
+def test_clutter_is_refused_for_backgrounds_without_depth():
+    bgs, cutouts = _banks(2)
+    photo = dataclasses.replace(bgs, depth=torch.zeros_like(bgs.depth))
+    with pytest.raises(UserError, match="depth is known everywhere"):
+        furnish(photo, cutouts, 1, seed=0)

@@ -53,7 +53,7 @@ def register(dsub) -> None:
                    help="paste cutouts as they are: no synthetic shadows, reflections, shading or camouflage "
                         "(for benchmarks on real pictures)")
     p.add_argument("--clutter", type=int, default=0, metavar="N",
-                   help="cutouts standing in every background as static clutter, in bg and fg_bg alike "
+                   help="cutouts standing in every procedural room as static clutter, in bg and fg_bg alike "
                         "(default 0: the backgrounds as they are)")
     p.add_argument("--force", action="store_true", help="replace the contents of OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

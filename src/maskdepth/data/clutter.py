@@ -19,6 +19,7 @@ from maskdepth.data.banks import STREAM_CLUTTER, BackgroundBank, CutoutBank, see
 from maskdepth.data.compose import ComposeConfig, composite, sample_placements
 from maskdepth.data.cutouts import Cutout
 from maskdepth.data.rooms import Background
+from maskdepth.errors import UserError
 
 CHUNK = 64  # backgrounds composited at once: bounds the memory of a large bank
 
@@ -32,6 +33,9 @@ def furnish(bgs: BackgroundBank, cutouts: CutoutBank, per_background: int, seed:
     object would cover entirely keeps that object out."""
     if per_background <= 0:
         return bgs
+    if (bgs.depth <= 0).any():  # an object's depth there would be unknown, so it could not hide what is behind
+        raise UserError(f"clutter = {per_background} needs backgrounds whose depth is known everywhere (procedural "
+                        "rooms); photos hold their own clutter: set clutter to 0 for them")
     cfg = dataclasses.replace(cfg, camo_prob=0.0, camo_luma=0.0, reflection_prob=0.0)
     g = torch.Generator(device=bgs.device).manual_seed(seed_for(seed, STREAM_CLUTTER, 0))
     image, depth, floor = bgs.image.clone(), bgs.depth.clone(), bgs.floor.clone()
