@@ -116,6 +116,9 @@ def main() -> int:
                       f"(per image {b['mask_iou_per_image']:.3f}, boundary F {b['mask_boundary_f']:.3f}, "
                       f"t={b['threshold']})   margin {results[cond]['margin_iou']:+.3f}   registered differencing "
                       f"IoU {reg['mask_iou']:.3f}", flush=True)
+                print(f"{'':9s} recall: same brightness as behind {m['recall_same_brightness']:.3f} (differencing "
+                      f"{b['recall_same_brightness']:.3f}), dark on brighter {m['recall_dark_on_brighter']:.3f} "
+                      f"({b['recall_dark_on_brighter']:.3f})", flush=True)
     except UserError as e:
         print(f"real_photos: error: {e}", file=sys.stderr)
         return 2

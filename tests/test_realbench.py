@@ -12,6 +12,7 @@ from maskdepth.realbench import (
     apply_condition,
     best_threshold,
     conditioned_pairs,
+    contrast_buckets,
     difference_score,
 )
 
@@ -90,3 +91,20 @@ def test_registration_undoes_the_shifted_condition_for_the_baseline():
     before = difference_score(bg, im)[keep].mean()
     after = difference_score(reg, im)[keep].mean()
     assert after < 0.5 * before
+
+
+def test_recall_is_counted_per_contrast_bucket():
+    bg = np.full((20, 20, 3), 200, np.uint8)
+    image = bg.copy()
+    mask = np.zeros((20, 20), np.float32)
+    mask[2:10, 2:10] = 1
+    image[2:6, 2:10] = 20  # dark clothes in front of a bright wall
+    image[6:10, 2:10] = (230, 170, 200)  # another colour, the wall's brightness
+    buckets = contrast_buckets(Pair(bg=bg, image=image, mask=mask))
+    assert buckets["dark_on_brighter"].sum() == 32 and buckets["same_brightness"].sum() == 32
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:6, 2:10] = 0.9  # found the dark part only
+    s = MaskScore()
+    s.add(prob, mask, buckets)
+    r = s.result()
+    assert r["recall_dark_on_brighter"] == 1.0 and r["recall_same_brightness"] == 0.0 and r["mask_recall"] == 0.5

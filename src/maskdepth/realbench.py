@@ -119,21 +119,38 @@ def best_threshold(scores: list[np.ndarray], masks: list[np.ndarray]) -> int:
     return int(np.argmax(iou[1:]) + 1)  # t = 0 would claim every pixel
 
 
+def contrast_buckets(pair: Pair) -> dict[str, np.ndarray]:
+    """(H,W) bool selections of the true foreground by how it stands out from the scene behind it, from the pair's
+    own pictures: "same_brightness", within 10% (+5/255) of the brightness behind (what differencing by brightness
+    misses), and "dark_on_brighter", darker than 45/255 in front of a scene 40/255 brighter (what reads as a
+    shadow: dark clothes)."""
+    fg = pair.mask > 0.5
+    li, lb = pair.image.astype(np.float32).mean(2), pair.bg.astype(np.float32).mean(2)
+    return {"same_brightness": fg & (np.abs(li - lb) < 0.1 * lb + 5), "dark_on_brighter": fg & (li < 45) & (lb > li + 40)}
+
+
 class MaskScore:
-    """Whole-set and per-image mask metrics of binary or probability masks, through metrics.Metrics."""
+    """Whole-set and per-image mask metrics of binary or probability masks, through metrics.Metrics, and the
+    recall within each contrast bucket given (`recall_<bucket>`, prob >= 0.5 as the metrics count it)."""
 
     def __init__(self):
         self._m = Metrics(depth_max=1.0)
+        self._found: dict[str, list[int]] = {}
 
-    def add(self, prob: np.ndarray, mask: np.ndarray) -> None:
+    def add(self, prob: np.ndarray, mask: np.ndarray, buckets: dict[str, np.ndarray] | None = None) -> None:
         p = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
         t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
         zeros = torch.zeros_like(t)
         self._m.update(torch.logit(p, eps=1e-6), zeros, {"mask": t, "depth": zeros, "depth_valid": zeros})
+        for name, sel in (buckets or {}).items():
+            found = self._found.setdefault(name, [0, 0])
+            found[0] += int((prob[sel] >= 0.5).sum())
+            found[1] += int(sel.sum())
 
     def result(self) -> dict[str, float]:
         out = self._m.compute()
-        return {k: round(out[k], 4) for k in MASK_KEYS}
+        return {**{k: round(out[k], 4) for k in MASK_KEYS},
+                **{f"recall_{name}": round(hit / max(total, 1), 4) for name, (hit, total) in self._found.items()}}
 
 
 def registered_bgs(bgs: list[np.ndarray], images: list[np.ndarray]) -> list[np.ndarray]:
@@ -144,31 +161,32 @@ def registered_bgs(bgs: list[np.ndarray], images: list[np.ndarray]) -> list[np.n
     return [_to_uint8(x) for x in align.apply(bg, align.register(bg, image))]
 
 
-def _thresholded(diffs: list[np.ndarray], masks: list[np.ndarray]) -> dict:
+def _thresholded(diffs: list[np.ndarray], pairs: list[Pair]) -> dict:
+    masks = [p.mask for p in pairs]
     t = best_threshold(diffs, masks)
     score = MaskScore()
-    for s, m in zip(diffs, masks):
-        score.add((s >= t).astype(np.float32), m)
+    for s, p in zip(diffs, pairs):
+        score.add((s >= t).astype(np.float32), p.mask, contrast_buckets(p))
     return {**score.result(), "threshold": t}
 
 
 def _batches(pairs: list[Pair], condition: str, seed: int, batch_size: int
-             ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]]:
-    """(bgs, images, masks) of `pairs` under `condition`, `batch_size` at a time, conditioned as they stream."""
-    part: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+             ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], list[Pair]]]:
+    """(bgs, images, pairs) of `pairs` under `condition`, `batch_size` at a time, conditioned as they stream."""
+    part: list[tuple[np.ndarray, np.ndarray, Pair]] = []
     for k, (pair, (bg, image)) in enumerate(zip(pairs, conditioned_pairs(pairs, condition, seed))):
-        part.append((bg, image, pair.mask))
+        part.append((bg, image, pair))
         if len(part) == batch_size or k == len(pairs) - 1:
-            yield [b for b, _, _ in part], [i for _, i, _ in part], [m for _, _, m in part]
+            yield [b for b, _, _ in part], [i for _, i, _ in part], [p for _, _, p in part]
             part = []
 
 
 def score_model(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16) -> dict:
     """The model's mask metrics (a predict.Predictor, run with its own settings) on `pairs` under `condition`."""
     score = MaskScore()
-    for bgs, images, masks in _batches(pairs, condition, seed, batch_size):
-        for pred, mask in zip(predictor.predict_arrays(bgs, images, layers=False), masks):
-            score.add(pred.mask_prob, mask)
+    for bgs, images, batch in _batches(pairs, condition, seed, batch_size):
+        for pred, pair in zip(predictor.predict_arrays(bgs, images, layers=False), batch):
+            score.add(pred.mask_prob, pair.mask, contrast_buckets(pair))
     return score.result()
 
 
@@ -180,8 +198,7 @@ def score_baselines(pairs: list[Pair], condition: str, seed: int = 0, batch_size
     for bgs, images, _ in _batches(pairs, condition, seed, batch_size):
         diffs.extend(difference_score(b, i) for b, i in zip(bgs, images))
         diffs_reg.extend(difference_score(b, i) for b, i in zip(registered_bgs(bgs, images), images))
-    masks = [p.mask for p in pairs]
-    return {"baseline": _thresholded(diffs, masks), "baseline_registered": _thresholded(diffs_reg, masks)}
+    return {"baseline": _thresholded(diffs, pairs), "baseline_registered": _thresholded(diffs_reg, pairs)}
 
 
 def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16,
