@@ -211,6 +211,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    """(...) luma of (..., 3) RGB."""
     return rgb @ torch.tensor(_LUMA, device=rgb.device, dtype=rgb.dtype)
 
 
@@ -407,11 +408,6 @@ def _mirror_grid(cutouts: CutoutBank, r: Placement, xs: torch.Tensor, ys: torch.
 CAMO_LUMA_GAIN = 8.0  # a near-black cutout brightened this much at most: beyond, it is its own noise
 
 
-def _luma_planes(rgb: torch.Tensor) -> torch.Tensor:
-    """(K,1,H,W) luma of (K,3,H,W) RGB."""
-    return (rgb * rgb.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-
-
 def _camo_target(bgs: BackgroundBank, c: Placement, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """(K,3,H,W) the colour a camouflaged cutout takes: the background's mean under the box, or the background
     patch camo_offset away, read from the bank at absolute coordinates (never from the window)."""
@@ -481,7 +477,8 @@ def composite(bgs: BackgroundBank, cutouts: CutoutBank, p: Placement, cfg: Compo
         own, a = _rows(fg_rgb, camo_idx), _rows(alpha, camo_idx)
         target = a * _camo_target(bgs, c, _rows(xs, camo_idx), _rows(ys, camo_idx))
         # brightness only: the cutout's colour scaled to the target's luma (premultiplied, so alpha cancels)
-        gain = (_luma_planes(target) / _luma_planes(own).clamp_min(1e-3)).clamp(max=CAMO_LUMA_GAIN)
+        luma_target, luma_own = (_luma(x.movedim(1, -1)).unsqueeze(1) for x in (target, own))  # (K,1,H,W)
+        gain = (luma_target / luma_own.clamp_min(1e-3)).clamp(max=CAMO_LUMA_GAIN)
         target = torch.where(c.camo_luma.view(-1, 1, 1, 1), torch.minimum(own * gain, a), target)
         blended = torch.lerp(own, target, c.camo.view(-1, 1, 1, 1))
         fg_rgb = _put(fg_rgb, camo_idx, blended)
