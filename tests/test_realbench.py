@@ -12,7 +12,6 @@ from maskdepth.realbench import (
     apply_condition,
     best_threshold,
     conditioned_pairs,
-    contrast_buckets,
     difference_score,
 )
 
@@ -100,7 +99,7 @@ def test_recall_is_counted_per_contrast_bucket():
     mask[2:10, 2:10] = 1
     image[2:6, 2:10] = 20  # dark clothes in front of a bright wall
     image[6:10, 2:10] = (230, 170, 200)  # another colour, the wall's brightness
-    buckets = contrast_buckets(Pair(bg=bg, image=image, mask=mask))
+    buckets = Pair(bg=bg, image=image, mask=mask).contrast
     assert buckets["dark_on_brighter"].sum() == 32 and buckets["same_brightness"].sum() == 32
     prob = np.zeros((20, 20), np.float32)
     prob[2:6, 2:10] = 0.9  # found the dark part only

@@ -16,6 +16,7 @@ without maskdepth. Masks are scored by the project's one set of metrics (metrics
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -48,6 +49,17 @@ class Pair:
     bg: np.ndarray
     image: np.ndarray
     mask: np.ndarray
+
+    @functools.cached_property  # once per pair, however many conditions and scorers read it
+    def contrast(self) -> dict[str, np.ndarray]:
+        """(H,W) bool selections of the true foreground by how it stands out from the scene behind it, from the
+        pair's own pictures: "same_brightness", within 10% (+5/255) of the brightness behind (what differencing by
+        brightness misses), and "dark_on_brighter", darker than 45/255 in front of a scene 40/255 brighter (what
+        reads as a shadow: dark clothes)."""
+        fg = self.mask > 0.5
+        li, lb = self.image.astype(np.float32).mean(2), self.bg.astype(np.float32).mean(2)
+        return {"same_brightness": fg & (np.abs(li - lb) < 0.1 * lb + 5),
+                "dark_on_brighter": fg & (li < 45) & (lb > li + 40)}
 
 
 def _condition_seed(seed: int, condition: str) -> np.random.Generator:
@@ -119,16 +131,6 @@ def best_threshold(scores: list[np.ndarray], masks: list[np.ndarray]) -> int:
     return int(np.argmax(iou[1:]) + 1)  # t = 0 would claim every pixel
 
 
-def contrast_buckets(pair: Pair) -> dict[str, np.ndarray]:
-    """(H,W) bool selections of the true foreground by how it stands out from the scene behind it, from the pair's
-    own pictures: "same_brightness", within 10% (+5/255) of the brightness behind (what differencing by brightness
-    misses), and "dark_on_brighter", darker than 45/255 in front of a scene 40/255 brighter (what reads as a
-    shadow: dark clothes)."""
-    fg = pair.mask > 0.5
-    li, lb = pair.image.astype(np.float32).mean(2), pair.bg.astype(np.float32).mean(2)
-    return {"same_brightness": fg & (np.abs(li - lb) < 0.1 * lb + 5), "dark_on_brighter": fg & (li < 45) & (lb > li + 40)}
-
-
 class MaskScore:
     """Whole-set and per-image mask metrics of binary or probability masks, through metrics.Metrics, and the
     recall within each contrast bucket given (`recall_<bucket>`, prob >= 0.5 as the metrics count it)."""
@@ -166,7 +168,7 @@ def _thresholded(diffs: list[np.ndarray], pairs: list[Pair]) -> dict:
     t = best_threshold(diffs, masks)
     score = MaskScore()
     for s, p in zip(diffs, pairs):
-        score.add((s >= t).astype(np.float32), p.mask, contrast_buckets(p))
+        score.add((s >= t).astype(np.float32), p.mask, p.contrast)
     return {**score.result(), "threshold": t}
 
 
@@ -186,7 +188,7 @@ def score_model(predictor, pairs: list[Pair], condition: str, seed: int = 0, bat
     score = MaskScore()
     for bgs, images, batch in _batches(pairs, condition, seed, batch_size):
         for pred, pair in zip(predictor.predict_arrays(bgs, images, layers=False), batch):
-            score.add(pred.mask_prob, pair.mask, contrast_buckets(pair))
+            score.add(pred.mask_prob, pair.mask, pair.contrast)
     return score.result()
 
 
