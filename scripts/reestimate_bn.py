@@ -7,11 +7,16 @@ are an exponential average with momentum 0.1), so the weights are tuned to every
 normalised for one. This recomputes each BatchNorm's mean and variance as a plain average over fresh procedural
 batches at every size given (no gradients, the weights untouched) and writes a new checkpoint with the same
 header, atomically. `--native` also marks it as holding across sizes (train.predict_native).
+
+The batches are drawn the way the run drew its own: with the [compose] and [capture] of its config (the run's
+config.toml beside the checkpoint, or `--config FILE|NAME`), so that a stage trained on, say, brightness
+camouflage or furnished rooms is normalised for that data; without either, the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -40,6 +45,21 @@ def reestimate(model: torch.nn.Module, batches, sizes: list[int]) -> int:
     return passes
 
 
+def stage_data(ckpt: Path, config: str | None):
+    """(ComposeConfig, CaptureConfig or None, where they came from) of the run that wrote `ckpt`."""
+    from maskdepth.data.capture import CaptureConfig
+    from maskdepth.data.compose import ComposeConfig
+    from maskdepth.train.config import load_config
+
+    if config is None and (ckpt.parent / "config.toml").is_file():
+        config = str(ckpt.parent / "config.toml")
+    if config is None:
+        return ComposeConfig(), CaptureConfig(), "defaults"
+    cfg = load_config(config)
+    return (ComposeConfig(**cfg.compose), CaptureConfig(**cfg.capture) if cfg.data.capture else None,
+            str(config))
+
+
 def main() -> int:
     from maskdepth.checkpoint import header_info, load_model_from_checkpoint, save_checkpoint
     from maskdepth.data.generator import OnTheFlyGenerator
@@ -53,17 +73,23 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=777, help="generator seed (rooms no shipped recipe trains on)")
     ap.add_argument("--native", action="store_true", help="write predict_native = true into the header")
+    ap.add_argument("--config", default=None, help="the run's config (its [compose] and [capture] draw the "
+                                                   "batches); default: config.toml beside the checkpoint")
     args = ap.parse_args()
     if args.out.resolve() == args.ckpt.resolve():
         raise UserError(f"{args.out}: is the input checkpoint; write the re-estimated weights to a new file")
     if min(args.sizes) < 8 or args.batches < 1:
         raise UserError("--sizes must be >= 8 and --batches >= 1")
     model, header = load_model_from_checkpoint(args.ckpt)
-    gen = OnTheFlyGenerator.procedural(200, 100, max(args.sizes), seed=args.seed, batch_size=args.batch_size)
+    compose, capture, source = stage_data(args.ckpt, args.config)
+    gen = OnTheFlyGenerator.procedural(200, 100, max(args.sizes), seed=args.seed, batch_size=args.batch_size,
+                                       compose=compose, capture=capture)
+    print(f"drawing batches with the [compose] and [capture] of {source}")
     passes = reestimate(model, (gen.next_batch() for _ in range(args.batches)), sorted(args.sizes))
     info = header_info(header)
     info["bn_reestimated"] = {"sizes": sorted(args.sizes), "batches": args.batches,
-                              "batch_size": args.batch_size, "seed": args.seed}
+                              "batch_size": args.batch_size, "seed": args.seed,
+                              "compose": dataclasses.asdict(compose), "capture": capture is not None}
     if args.native:
         info["predict_native"] = True
     save_checkpoint(args.out, model, info)

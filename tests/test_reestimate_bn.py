@@ -29,3 +29,17 @@ def test_statistics_are_the_average_over_sizes_and_batches():
     diffs += [(lambda r: r["image"] - r["bg"])(resize_batch(b, 16)) for b in batches]
     expected = torch.stack([d.mean(dim=(0, 2, 3)) for d in diffs]).mean(0)
     torch.testing.assert_close(model.bn.running_mean, expected, atol=1e-5, rtol=0)
+
+
+def test_batches_are_drawn_with_the_runs_own_compose(tmp_path):
+    script = load_script("reestimate_bn")
+    ckpt = tmp_path / "last.safetensors"
+    compose, capture, source = script.stage_data(ckpt, None)
+    assert source == "defaults" and compose.camo_luma == 0.0 and capture is not None
+    (tmp_path / "config.toml").write_text('[compose]\ncamo_luma = 0.5\nclutter = 2\n\n'
+                                          '[data]\ntrain_source = "procedural"\ncapture = false\n')
+    compose, capture, source = script.stage_data(ckpt, None)
+    assert (compose.camo_luma, compose.clutter, capture) == (0.5, 2, None)
+    assert source == str(tmp_path / "config.toml")
+    compose, _, source = script.stage_data(ckpt, "default-weights-camo")  # --config wins over the file
+    assert compose.camo_luma == 0.5 and compose.clutter == 0 and source == "default-weights-camo"
