@@ -222,3 +222,47 @@ def test_plain_make_pastes_cutouts_without_synthetic_effects(tmp_path):
     meta = json.loads((out / "metadata.json").read_text())
     assert "--plain" in meta["command"]
     assert all(meta["compose"][name] == 0 for name in ComposeConfig.EFFECTS)
+
+
+def _edit_metadata(root: Path, edit) -> None:
+    meta = json.loads((root / "metadata.json").read_text())
+    edit(meta)
+    (root / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_resumes_a_dataset_recorded_before_a_compose_field_existed(tmp_path, capsys):
+    from PIL import Image
+
+    # photos of rooms and cutouts: nothing procedural, so only the recorded [compose] could differ
+    bg_dir, fg_dir = tmp_path / "bgs", tmp_path / "fgs"
+    bg_dir.mkdir()
+    fg_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(bg_dir / f"room{i}.jpg")
+    rgba = np.zeros((60, 30, 4), np.uint8)
+    rgba[5:55, 5:25] = (200, 30, 30, 255)
+    Image.fromarray(rgba).save(fg_dir / "thing.png")
+    args = ["--size", "48", "--per-pair", "2", "--shard-size", "4", "--test-fraction", "0.5", "--bg-dir",
+            str(bg_dir), "--fg-dir", str(fg_dir), "--quiet"]
+    out = tmp_path / "mine"
+    assert main(["data", "make", str(out), *args, "--shards", "0:1"]) == 0
+    assert "procedural_version" not in json.loads((out / "metadata.json").read_text())
+    _edit_metadata(out, lambda m: [m["compose"].pop(k) for k in ("camo_luma", "clutter")])  # as recorded before
+    assert main(["data", "make", str(out), *args]) == 0
+    assert len(list((out / "shards").glob("*.tar"))) > 1  # the other shards were written
+    capsys.readouterr()
+    assert main(["data", "make", str(out), *args, "--plain"]) == 2  # a real difference
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compose" in err[0]
+
+
+def test_refuses_to_resume_procedural_data_drawn_by_another_version(tmp_path, capsys):
+    out = tmp_path / "data"
+    make_dataset(out, TINY, shards="0:1", workers=1, progress=False)
+    _edit_metadata(out, lambda m: m.pop("procedural_version"))  # made before the clothes changed
+    before = files(out)
+    assert main(["data", "make", str(out), *TINY_ARGS, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "procedural_version" in err[0] and "--force" in err[0]
+    assert files(out) == before

@@ -52,6 +52,11 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+# What procedural_background and procedural_foreground draw for a seed: raised whenever either draws otherwise,
+# so that a dataset made before is not resumed with other content (2: clothes mostly near-black, grey or white).
+PROCEDURAL_VERSION = 2
+
+
 def procedural_background(seed: int, index: int, size: tuple[int, int]) -> Background:
     """Procedural room `index` of a dataset seeded `seed`: a function of (seed, index, size) only."""
     return render_room(sample_room(np.random.default_rng(seed_for(seed, STREAM_BACKGROUND, index))), size)

@@ -27,7 +27,10 @@ module's internals spread over several files.
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,9 @@ from maskdepth.data.banks import BackgroundBank, CutoutBank
 
 @dataclass(frozen=True)
 class ComposeConfig:
+    """The config section [compose]. A field added later defaults to composing exactly as before it existed
+    (its draw skipped), so a dataset recorded without it is the same dataset (`recorded_compose`)."""
+
     height_jitter: tuple[float, float] = (0.85, 1.15)  # multiplies the cutout's nominal height in metres
     min_height: float = 0.08  # smallest and largest object height, as fractions of the image height
     max_height: float = 0.9
@@ -88,6 +94,12 @@ class ComposeConfig:
     @property
     def is_plain(self) -> bool:
         return all(getattr(self, name) == 0 for name in self.EFFECTS)
+
+
+def recorded_compose(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset's recorded [compose] completed with the defaults of the fields added since it was made."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(ComposeConfig())))  # as metadata.json holds them: lists, not tuples
+    return {**defaults, **recorded}
 
 
 @dataclass

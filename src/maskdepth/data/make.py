@@ -34,11 +34,13 @@ from maskdepth.codecs import encode_depth_png, encode_png
 from maskdepth.data import photos
 from maskdepth.data.banks import (
     CUTOUT_SIZE,
+    PROCEDURAL_VERSION,
     nominal_ground,
     procedural_background,
     procedural_foreground,
 )
 from maskdepth.data.clutter import furnish_backgrounds
+from maskdepth.data.compose import recorded_compose
 from maskdepth.data.format import (
     DATASET_OUTPUT,
     DEPTH_SCALE,
@@ -146,6 +148,8 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: ShardPlan, teacher=Non
     }
     if cfg.bg_dir:
         extra["photos"] = {"fit": cfg.fit, "horizon": cfg.horizon}
+    if not (cfg.bg_dir and cfg.fg_dir):  # procedural rooms or cutouts: their drawing's version
+        extra["procedural_version"] = PROCEDURAL_VERSION
     if cfg.fg_kinds and not cfg.fg_dir:
         extra["fg_kinds"] = list(cfg.fg_kinds)
     if teacher is not None:
@@ -158,6 +162,15 @@ def build_metadata(cfg: MakeConfig, assets: Assets, plan: ShardPlan, teacher=Non
         shards={s: [shard_name(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
         shard_counts={s: [plan.shard_count(s, j) for j in range(plan.split_shards(s))] for s in SPLITS},
         command=command_line(cfg), **extra)
+
+
+def comparable(meta: DatasetMetadata) -> dict[str, Any]:
+    """The metadata as resuming compares it: a [compose] recorded before a field existed has that field's
+    default, which composes as before."""
+    d = dict(meta)
+    if isinstance(d.get("compose"), dict):
+        d["compose"] = recorded_compose(d["compose"])
+    return d
 
 
 def write_assets(root: Path, assets: Assets, depth_scale: float = DEPTH_SCALE) -> None:
@@ -222,9 +235,9 @@ def _make_locked(out: Path, cfg: MakeConfig, shards: str | None, workers: int, p
                                    depth_scale=meta.depth_scale, depth_max=meta.depth_max,
                                    teacher_cache=str(cache), teacher_device=teacher_device)
         if (out / METADATA).exists():
-            old = DatasetMetadata.read(out)
-            if old != meta:
-                diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            old, new = comparable(DatasetMetadata.read(out)), comparable(meta)
+            if old != new:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise UserError(f"{out}: holds a different maskdepth dataset (differs in {', '.join(diff)}); "
                                 "choose another folder, rerun with its own options, or pass --force to replace it")
         else:
