@@ -155,7 +155,8 @@ def test_bad_options_are_one_line(tmp_path, capsys, extra, words):
     assert len(err) == 1 and words in err[0]
 
 
-def test_user_photos_and_cutouts(tmp_path):
+def _photo_folders(tmp_path: Path, cutout_hw: tuple[int, int]) -> tuple[Path, Path]:
+    """bgs/ with two random 90x60 room photos, fgs/ with one RGBA cutout of size cutout_hw (a red box)."""
     from PIL import Image
 
     bg_dir, fg_dir = tmp_path / "bgs", tmp_path / "fgs"
@@ -164,9 +165,18 @@ def test_user_photos_and_cutouts(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(bg_dir / f"room{i}.jpg")
-    rgba = np.zeros((300, 100, 4), np.uint8)  # larger than the 48 px background: shrunk to fit
-    rgba[20:280, 10:90] = (200, 30, 30, 255)
+    h, w = cutout_hw
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[h // 15:h - h // 15, w // 10:w - w // 10] = (200, 30, 30, 255)
     Image.fromarray(rgba).save(fg_dir / "thing.png")
+    return bg_dir, fg_dir
+
+
+def test_user_photos_and_cutouts(tmp_path):
+    from PIL import Image
+
+    bg_dir, fg_dir = _photo_folders(tmp_path, (300, 100))  # larger than the 48 px background: shrunk to fit
+    rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(fg_dir / "flat.png")  # no alpha
     out = tmp_path / "mine"
     summary = make_dataset(out, MakeConfig(size=(48, 48), per_pair=2, shard_size=8, test_fraction=0.5,
@@ -231,18 +241,8 @@ def _edit_metadata(root: Path, edit) -> None:
 
 
 def test_resumes_a_dataset_recorded_before_a_compose_field_existed(tmp_path, capsys):
-    from PIL import Image
-
     # photos of rooms and cutouts: nothing procedural, so only the recorded [compose] could differ
-    bg_dir, fg_dir = tmp_path / "bgs", tmp_path / "fgs"
-    bg_dir.mkdir()
-    fg_dir.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(bg_dir / f"room{i}.jpg")
-    rgba = np.zeros((60, 30, 4), np.uint8)
-    rgba[5:55, 5:25] = (200, 30, 30, 255)
-    Image.fromarray(rgba).save(fg_dir / "thing.png")
+    bg_dir, fg_dir = _photo_folders(tmp_path, (60, 30))
     args = ["--size", "48", "--per-pair", "2", "--shard-size", "4", "--test-fraction", "0.5", "--bg-dir",
             str(bg_dir), "--fg-dir", str(fg_dir), "--quiet"]
     out = tmp_path / "mine"
