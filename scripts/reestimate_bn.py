@@ -50,14 +50,14 @@ def stage_data(ckpt: Path, config: str | None):
     from maskdepth.data.capture import CaptureConfig
     from maskdepth.data.compose import ComposeConfig
     from maskdepth.train.config import load_config
+    from maskdepth.train.data import capture_of, compose_of
 
     if config is None and (ckpt.parent / "config.toml").is_file():
         config = str(ckpt.parent / "config.toml")
     if config is None:
         return ComposeConfig(), CaptureConfig(), "defaults"
     cfg = load_config(config)
-    return (ComposeConfig(**cfg.compose), CaptureConfig(**cfg.capture) if cfg.data.capture else None,
-            str(config))
+    return compose_of(cfg), capture_of(cfg), str(config)
 
 
 def main() -> int:

@@ -98,7 +98,8 @@ class ComposeConfig:
 
 def recorded_compose(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A dataset's recorded [compose] completed with the defaults of the fields added since it was made."""
-    defaults = json.loads(json.dumps(dataclasses.asdict(ComposeConfig())))  # as metadata.json holds them: lists, not tuples
+    # as metadata.json holds them: lists, not tuples
+    defaults = json.loads(json.dumps(dataclasses.asdict(ComposeConfig())))
     return {**defaults, **recorded}
 
 

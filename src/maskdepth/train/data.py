@@ -32,6 +32,16 @@ EVAL_SEED_OFFSET = 1_000_003
 AUGMENT_STREAM = 101
 
 
+def compose_of(config: Config) -> ComposeConfig:
+    """The composition a run's generator draws with: its [compose]."""
+    return ComposeConfig(**config.compose)
+
+
+def capture_of(config: Config) -> CaptureConfig | None:
+    """The capture effects of a run's generator: its [capture], or none with data.capture off."""
+    return CaptureConfig(**config.capture) if config.data.capture else None
+
+
 class TrainData:
     """Batches for one run. `depth_max`, `depth_unit`, `depth_scale` and `describe` say what the data is."""
 
@@ -63,7 +73,7 @@ class TrainData:
 
     def _make_generator(self, seed: int):
         d = self.config.data
-        capture, compose = self._capture(), ComposeConfig(**self.config.compose)
+        capture, compose = capture_of(self.config), compose_of(self.config)
         if d.train_source == "procedural":
             return OnTheFlyGenerator.procedural(d.gen_backgrounds, d.gen_cutouts, d.size, seed, compose=compose,
                                                 capture=capture, device=self.place.device)
@@ -72,9 +82,6 @@ class TrainData:
 
     def _augment(self):
         return AugmentConfig(**self.config.augment) if self.config.data.augment else None
-
-    def _capture(self):
-        return CaptureConfig(**self.config.capture) if self.config.data.capture else None
 
     # -- training -----------------------------------------------------------------------------------------
     def per_rank(self, global_batch: int) -> int:
@@ -86,7 +93,7 @@ class TrainData:
     def _loader(self, epoch: int, size: int, global_batch: int, skip: int):
         d = self.config.data
         return make_loader(d.dir, d.train_split, self.per_rank(global_batch), size, train=True,
-                           augment=self._augment(), capture=self._capture(), workers=d.workers,
+                           augment=self._augment(), capture=capture_of(self.config), workers=d.workers,
                            seed=self.config.train.seed, epoch=epoch, skip_batches=skip,
                            pin_memory=self.place.device.type == "cuda")
 
