@@ -276,7 +276,7 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batches(dataset, 
                 m.setattr(loader_mod, "_dist", lambda rank=rank: (rank, 2))
                 halves.append(loader_mod.make_loader(
                     self.config.data.dir, "train", global_batch // 2, size, train=True, augment=self._augment(),
-                    capture=self._capture(), workers=0, seed=self.config.train.seed, epoch=epoch))
+                    capture=train_data.capture_of(self.config), workers=0, seed=self.config.train.seed, epoch=epoch))
         for b0, b1 in zip(*halves):
             yield {k: torch.cat([b0[k], b1[k]]) for k in b0}
 
