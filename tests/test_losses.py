@@ -13,6 +13,7 @@ from maskdepth.losses import (
     dice_loss,
     gradient_loss,
     l1_loss,
+    log_gradient_loss,
     silog_loss,
     smooth_l1_loss,
     ssim_loss,
@@ -92,6 +93,24 @@ def test_silog_matches_formula_and_forgives_most_of_a_scale_error():
     assert silog_loss(scaled, t, valid, lam=1.0).item() == pytest.approx(0.0, abs=1e-3)
 
 
+def _floor(slope: float) -> torch.Tensor:
+    """(1,1,32,32) depth / depth_max of a floor seen by a level camera: 1 / depth grows linearly down the rows."""
+    rows = torch.arange(32, dtype=torch.float32)[:, None].expand(32, 32)
+    return (1.0 / (1.0 + slope * rows))[None, None] * 0.5
+
+
+def test_log_gradient_forgives_a_scale_and_charges_a_tilt():
+    t = _floor(0.1)
+    assert log_gradient_loss(t, t).item() == 0
+    assert log_gradient_loss(1.4 * t, t).item() == pytest.approx(0.0, abs=1e-3)  # one scale: nothing to charge
+    tilted = _floor(0.13)  # the same floor seen at another slope: depth off by a factor that changes per row
+    assert log_gradient_loss(tilted, t) > 20 * log_gradient_loss(1.4 * t, t) + 1e-3
+    # its value is the mean |step of log(pred / target)| averaged over the scales, here all vertical
+    r = torch.log(tilted + 1e-3) - torch.log(t + 1e-3)
+    one_scale = (r[..., 1:, :] - r[..., :-1, :]).abs().sum() / (2 * 32 * 31)
+    assert log_gradient_loss(tilted, t, scales=1).item() == pytest.approx(one_scale.item(), rel=1e-5)
+
+
 def test_ssim_of_image_with_itself_is_zero_loss():
     x = torch.rand(2, 1, 32, 32)
     assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
@@ -105,7 +124,7 @@ def test_invalid_pixels_neither_count_nor_get_gradient():
     pred = (depth / DEPTH_MAX).requires_grad_()
     target = batch["depth"] / DEPTH_MAX
     changed = torch.where(valid > 0.5, pred.detach(), torch.rand_like(target))
-    for fn in (l1_loss, smooth_l1_loss, ssim_loss, gradient_loss, silog_loss):
+    for fn in (l1_loss, smooth_l1_loss, ssim_loss, gradient_loss, silog_loss, log_gradient_loss):
         assert fn(pred, target, valid).item() == pytest.approx(fn(changed, target, valid).item(), rel=1e-6)
         (grad,) = torch.autograd.grad(fn(pred, target, valid), pred)
         assert grad[valid == 0].abs().max() == 0
@@ -142,11 +161,11 @@ def test_thin_parts_are_what_the_coarse_grid_cannot_hold():
 def test_combined_total_is_the_weighted_sum_of_terms():
     logits, depth, batch = make_batch(4)
     w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
-                    depth_grad=1.5, depth_silog=0.6, mask_weight=2.0, depth_weight=0.25)
+                    depth_grad=1.5, depth_silog=0.6, depth_loggrad=0.8, mask_weight=2.0, depth_weight=0.25)
     total, t = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
     mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.4 * t["mask_thin"] + 0.3 * t["mask_ssim"]
     dep = (0.1 * t["depth_l1"] + 0.7 * t["depth_smooth_l1"] + t["depth_ssim"] + 1.5 * t["depth_grad"]
-           + 0.6 * t["depth_silog"])
+           + 0.6 * t["depth_silog"] + 0.8 * t["depth_loggrad"])
     assert t["mask"].item() == pytest.approx(mask.item(), rel=1e-6)
     assert t["depth"].item() == pytest.approx(dep.item(), rel=1e-6)
     assert total.item() == pytest.approx(2.0 * mask.item() + 0.25 * dep.item(), rel=1e-6)
@@ -161,7 +180,7 @@ def test_defaults_are_bce_dice_and_densedepth_terms():
 
 def test_depth_terms_are_scale_free():
     logits, depth, batch = make_batch(6)
-    w = LossWeights(depth_smooth_l1=1.0, depth_silog=1.0)
+    w = LossWeights(depth_smooth_l1=1.0, depth_silog=1.0, depth_loggrad=1.0)
     _, a = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
     scaled = dict(batch, depth=batch["depth"] * 100)
     _, b = CombinedLoss(w, DEPTH_MAX * 100)(logits, depth * 100, scaled)

@@ -1,5 +1,5 @@
 """Training losses: BCE, soft Dice, thin-part BCE, SSIM, L1, smooth L1, image-gradient loss, scale-invariant log
-loss, and their configured combination.
+loss, multi-scale log-depth gradient matching, and their configured combination.
 
 Every function computes in float32 (bf16 / fp16 inputs are cast up) and takes an optional `valid` map
 (N,1,H,W), 1 where the pixel counts: the result is the mean over valid pixels, and 0 (not NaN) when none is
@@ -123,6 +123,33 @@ def silog_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None, lam: f
     return per_image.mean()
 
 
+LOGGRAD_SCALES = 4  # residual gradients at 1, 1/2, 1/4, 1/8: a floor's slope is seen over more than a few pixels
+
+
+def log_gradient_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None,
+                      scales: int = LOGGRAD_SCALES) -> Tensor:
+    """Gradient matching on the log-depth residual r = log pred - log target, at `scales` scales (r average-pooled
+    by 2 each time): mean |r(x+1) - r(x)| over valid neighbour pairs, horizontally and vertically, averaged over
+    the scales. A per-image scale is a constant in r, so the loss ignores it; what it charges is the slope of
+    planes (a floor's tilt, which fixes the camera height a profile solves) and the steps at occlusions."""
+    pred, target = pred.float(), target.float()
+    r = torch.log(pred.clamp_min(0) + SILOG_EPS) - torch.log(target.clamp_min(0) + SILOG_EPS)
+    w = torch.ones_like(r) if valid is None else (valid.float() > 0.5).float()
+    total = r.new_zeros(())
+    for k in range(scales):
+        if k:
+            if min(r.shape[-2:]) < 4:
+                break
+            pooled_w = F.avg_pool2d(w, 2)
+            r = F.avg_pool2d(r * w, 2) / pooled_w.clamp_min(1e-6)
+            w = (pooled_w > 0.999).float()  # a coarse pixel counts only when all its fine pixels do
+        wx, wy = w[..., :, 1:] * w[..., :, :-1], w[..., 1:, :] * w[..., :-1, :]
+        dx = (r[..., :, 1:] - r[..., :, :-1]).abs() * wx
+        dy = (r[..., 1:, :] - r[..., :-1, :]).abs() * wy
+        total = total + (dx.sum() + dy.sum()) / (wx.sum() + wy.sum()).clamp_min(1.0)
+    return total / scales
+
+
 @dataclass
 class LossWeights:
     """The config section [loss]; field names are the config keys.
@@ -139,6 +166,7 @@ class LossWeights:
     depth_ssim: float = 1.0
     depth_grad: float = 1.0
     depth_silog: float = 0.0  # silog_loss: the depth's shape up to one scale, what calibration relies on
+    depth_loggrad: float = 0.0  # log_gradient_loss: local slopes up to one scale (a floor's tilt)
     mask_weight: float = 1.0
     depth_weight: float = 1.0
 
@@ -152,14 +180,14 @@ class LossWeights:
             setattr(self, f.name, float(value))
         mask_on = self.mask_weight > 0 and self.bce + self.dice + self.mask_thin + self.mask_ssim > 0
         depth_on = self.depth_weight > 0 and (self.depth_l1 + self.depth_smooth_l1 + self.depth_ssim
-                                              + self.depth_grad + self.depth_silog) > 0
+                                              + self.depth_grad + self.depth_silog + self.depth_loggrad) > 0
         if not (mask_on or depth_on):
             raise UserError("[loss] every weight is 0, so nothing would be trained: give at least one "
                             "mask or depth term a weight > 0")
 
 
 MASK_TERMS = ("bce", "dice", "mask_thin", "mask_ssim")
-DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad", "depth_silog")
+DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad", "depth_silog", "depth_loggrad")
 
 
 class CombinedLoss(nn.Module):
@@ -194,6 +222,7 @@ class CombinedLoss(nn.Module):
                 "depth_ssim": lambda: ssim_loss(pred_d, target_d, valid),
                 "depth_grad": lambda: gradient_loss(pred_d, target_d, valid),
                 "depth_silog": lambda: silog_loss(pred_d, target_d, valid),
+                "depth_loggrad": lambda: log_gradient_loss(pred_d, target_d, valid),
             }
             head_on = {n: w.mask_weight > 0 for n in MASK_TERMS} | {n: w.depth_weight > 0 for n in DEPTH_TERMS}
             terms = {name: fn() for name, fn in compute.items() if head_on[name] and getattr(w, name) > 0}
