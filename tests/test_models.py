@@ -266,3 +266,17 @@ def test_siamese_design_grown_from_the_first_design_starts_as_it():
     bg, image = torch.rand(2, 3, 40, 48), torch.rand(2, 3, 40, 48)
     for a, b in zip(old(bg, image), new(bg, image)):
         torch.testing.assert_close(a, b)
+
+
+def test_refinement_input_equals_the_1x1_conv_of_the_full_resolution_concatenation():
+    from maskdepth.models.maskdepth_net import FUSED_CHANNELS, _up
+
+    torch.manual_seed(0)
+    model = create_model("maskdepth", width=16).eval()
+    for p in model.parameters():  # nothing at zero, so every block of the folded weights counts
+        torch.nn.init.normal_(p, std=0.3)
+    top = torch.randn(2, model.refine_proj.in_channels, 6, 10)
+    heads, fused = torch.randn(2, 2, 6, 10), torch.randn(2, FUSED_CHANNELS, 24, 40)
+    explicit = model.refine[0](torch.cat([_up(model.refine_proj(top), 4), fused, _up(heads, 4)], dim=1))
+    with torch.no_grad():
+        assert torch.allclose(model._refine_input(top, heads, fused), explicit, atol=1e-4)
