@@ -25,7 +25,7 @@ def main() -> int:
     p.add_argument("--model", default="maskdepth", help="registered model to time (default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="time this checkpoint instead")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backends", nargs="+", default=["eager", "compile", "onnx"])
+    p.add_argument("--backends", nargs="+", default=["eager", "compile", "onnx", "onnx-int8"])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (64x64, few calls, no compile)")
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/infer[-cuda].json)")
     args = p.parse_args()

@@ -1,5 +1,5 @@
 """`maskdepth bench-infer`: latency and throughput of a model per resolution and batch size, for PyTorch eager,
-torch.compile and ONNX Runtime, as JSON.
+torch.compile, ONNX Runtime and ONNX Runtime on the int8 export (CPU), as JSON.
 
 Every timed call ends with a device synchronisation, so GPU figures are real. Inputs are already on the device
 (the model's cost, not the decode's). A backend that cannot run here (torch.compile without a C++ compiler,
@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from maskdepth.device import resolve_device
+from maskdepth.errors import UserError
 from maskdepth.export import export_onnx
 from maskdepth.progress import Progress
+from maskdepth.quantize import quantize_onnx
 
-BACKENDS = ("eager", "compile", "onnx")
+BACKENDS = ("eager", "compile", "onnx", "onnx-int8")
 SIZES = ((192, 192), (480, 640), (1080, 1920))
 BATCH_SIZES = (1, 8)
 
@@ -72,10 +74,11 @@ def bench_infer(model: torch.nn.Module, sizes: list[tuple[int, int]] | tuple = S
     }
     runners: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if "onnx" in backends:  # exported first: export works on a CPU fp32 copy of the model
-            runner = _onnx_runner(model, Path(tmp) / "model.onnx", dev, report)
-            if runner is not None:
-                runners["onnx"] = runner
+        for backend in ("onnx", "onnx-int8"):  # exported first: export works on a CPU fp32 copy of the model
+            if backend in backends:
+                runner = _onnx_runner(model, Path(tmp), dev, report, int8=backend == "onnx-int8")
+                if runner is not None:
+                    runners[backend] = runner
         model = model.to(dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -96,7 +99,7 @@ def bench_infer(model: torch.nn.Module, sizes: list[tuple[int, int]] | tuple = S
                         gen = torch.Generator().manual_seed(0)
                         bg = torch.rand(n, 3, h, w, generator=gen).to(dev)
                         image = torch.rand(n, 3, h, w, generator=gen).to(dev)
-                        if dev.type == "cuda" and backend != "onnx":
+                        if dev.type == "cuda" and not backend.startswith("onnx"):
                             bg = bg.contiguous(memory_format=torch.channels_last)
                             image = image.contiguous(memory_format=torch.channels_last)
                         entry = {"backend": backend, "size": [h, w], "batch": n}
@@ -128,19 +131,33 @@ def _torch_runner(model: Callable, dev: torch.device, bf16: bool) -> Callable:
     return run
 
 
-def _onnx_runner(model: torch.nn.Module, path: Path, dev: torch.device, report: dict[str, Any]):
+def _onnx_runner(model: torch.nn.Module, folder: Path, dev: torch.device, report: dict[str, Any],
+                 int8: bool = False):
     """An ONNX Runtime session on the benchmark device, or None (reason in report['skipped'])."""
+    name = "onnx-int8" if int8 else "onnx"
     try:
         import onnxruntime as ort
     except ImportError:
-        report["skipped"]["onnx"] = "onnxruntime is not installed (pip install maskdepth[onnx])"
+        report["skipped"][name] = "onnxruntime is not installed (pip install maskdepth[onnx])"
         return None
 
     provider = "CUDAExecutionProvider" if dev.type == "cuda" else "CPUExecutionProvider"
     if provider not in ort.get_available_providers():
-        report["skipped"]["onnx"] = f"onnxruntime has no {provider} (install onnxruntime-gpu for CUDA)"
+        report["skipped"][name] = f"onnxruntime has no {provider} (install onnxruntime-gpu for CUDA)"
         return None
-    export_onnx(model, path, check=True)
+    if int8 and dev.type == "cuda":
+        report["skipped"][name] = "the int8 export is for CPU inference"
+        return None
+    path = folder / "model.onnx"
+    if not path.exists():
+        export_onnx(model, path, check=True)
+    if int8:
+        try:
+            report["int8_agreement"] = quantize_onnx(path, folder / "model-int8.onnx")
+        except UserError as e:  # an untrained network quantises badly; the float backends still run
+            report["skipped"][name] = str(e)
+            return None
+        path = folder / "model-int8.onnx"
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

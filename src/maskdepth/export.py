@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from maskdepth.checkpoint import load_model_from_checkpoint
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path
+from maskdepth.quantize import quantize_onnx
 
 INPUTS = ("bg", "image")
 OUTPUTS = ("mask_logits", "depth")
@@ -121,8 +123,9 @@ def _require(module: str):
 
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = False,
                       size: tuple[int, int] = EXPORT_SIZE, opset: int = OPSET, check: bool = True,
-                      atol: float = ATOL) -> dict[str, Any]:
-    """`maskdepth export`: checkpoint -> ONNX file. Refuses to replace an existing file unless `force`."""
+                      atol: float = ATOL, int8: bool = False) -> dict[str, Any]:
+    """`maskdepth export`: checkpoint -> ONNX file. Refuses to replace an existing file unless `force`.
+    `int8`: the float export (parity-checked) is quantised (maskdepth.quantize); the report gains "int8"."""
 
     out = Path(out)
     if ckpt is not None and out.exists() and out.resolve() == Path(ckpt).resolve():
@@ -132,4 +135,11 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bo
     if out.is_dir():
         raise UserError(f"{out}: is a folder; give a file path such as {out / 'model.onnx'}")
     model, header = load_model_from_checkpoint(ckpt, map_location="cpu")
-    return export_onnx(model, out, header, size=size, opset=opset, check=check, atol=atol)
+    if not int8:
+        return export_onnx(model, out, header, size=size, opset=opset, check=check, atol=atol)
+    _require("onnxruntime")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "float.onnx"
+        report = export_onnx(model, fp32, header, size=size, opset=opset, check=check, atol=atol)
+        report["int8"] = quantize_onnx(fp32, out)
+    return report

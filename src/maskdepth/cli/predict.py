@@ -60,6 +60,9 @@ def register(sub) -> None:
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     e.add_argument("--atol", type=float, default=1e-4, help="largest allowed abs difference (default: %(default)s)")
     e.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    e.add_argument("--int8", action="store_true",
+                   help="with --onnx: quantise to int8 for CPU inference (calibrated on procedural scenes, "
+                        "written only if it agrees with the float model)")
     e.add_argument("--force", action="store_true", help="replace an existing output file")
     e.set_defaults(func=run_export)
 
@@ -73,7 +76,7 @@ def register(sub) -> None:
     b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
                    help="input sizes (default: 192x192 480x640 1080x1920)")
     b.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="batch sizes (default: 1 8)")
-    b.add_argument("--backends", nargs="+", default=None, choices=["eager", "compile", "onnx"],
+    b.add_argument("--backends", nargs="+", default=None, choices=["eager", "compile", "onnx", "onnx-int8"],
                    help="what to time (default: all)")
     b.add_argument("--iters", type=int, default=20, help="timed calls per configuration (default: %(default)s)")
     b.add_argument("--max-seconds", type=float, default=5.0,
@@ -162,6 +165,8 @@ def run_export(args) -> int:
     from maskdepth.export import export_checkpoint
 
     if args.web is not None:
+        if args.int8:
+            raise UserError("export --int8 goes with --onnx; the browser page runs the float model")
         from maskdepth.predict import load_model
         from maskdepth.web_export import export_web, ort_dist_dir
 
@@ -174,8 +179,12 @@ def run_export(args) -> int:
         raise UserError("export --onnx: give the checkpoint to export (e.g. runs/gpu/best.safetensors)")
 
     report = export_checkpoint(args.ckpt, args.onnx, force=args.force, opset=args.opset,
-                               check=not args.no_check, atol=args.atol)
-    if report:
+                               check=not args.no_check, atol=args.atol, int8=args.int8)
+    if "int8" in report:
+        q = report["int8"]
+        print(f"wrote {args.onnx} (int8); against the float model on {q['pairs']} procedural pairs: mask "
+              f"agreement {q['mask_agreement']:.3f}, median depth difference {q['depth_diff_median']:.2%}")
+    elif report:
         h, w = report["size"]
         print(f"wrote {args.onnx}; ONNX Runtime matches PyTorch at {w}x{h}, batch {report['batch']} "
               f"(max abs diff {report['max_abs_diff']:.2g})")
@@ -188,7 +197,7 @@ def run_bench(args) -> int:
     import json
     from pathlib import Path
 
-    from maskdepth.bench_infer import BATCH_SIZES, SIZES, bench_infer, format_report
+    from maskdepth.bench_infer import BACKENDS, BATCH_SIZES, SIZES, bench_infer, format_report
     from maskdepth.errors import UserError
     from maskdepth.fileio import atomic_write_text
     from maskdepth.sizes import parse_size
@@ -210,7 +219,7 @@ def run_bench(args) -> int:
     batches = args.batch_sizes or ([1, 2] if args.quick else list(BATCH_SIZES))
     if min(batches) < 1:
         raise UserError("--batch-sizes: each must be at least 1")
-    report = bench_infer(model, sizes, batches, args.device, args.backends or ("eager", "compile", "onnx"),
+    report = bench_infer(model, sizes, batches, args.device, args.backends or BACKENDS,
                          bf16=False if args.fp32 else None, warmup=1 if args.quick else 3,
                          iters=3 if args.quick else args.iters, max_s=args.max_seconds)
     text = json.dumps(report, indent=2)
