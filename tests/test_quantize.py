@@ -42,6 +42,8 @@ def test_float_ends_are_the_first_conv_and_the_output_layers(shipped_onnx):
     kept = set(float_ends(onnx.load(str(shipped_onnx))))
     producers = {o: n for n in graph.node for o in n.output}
     assert {producers[o.name].name for o in graph.output} <= kept  # the outputs' own nodes
+    inputs = {i.name for i in graph.input}
+    assert {n.name for n in graph.node if set(n.input) & inputs} <= kept  # bg - image is never 8 bits
     convs = [n for n in graph.node if n.op_type == "Conv"]
     kept_convs = [n.name for n in convs if n.name in kept]
     # the stem's and the fused inputs' convs, the two head convs and the refinement's last: the rest is int8

@@ -51,8 +51,9 @@ def scene_pairs(n: int, size: tuple[int, int] = CALIBRATION_SIZE, seed: int = CA
 
 
 def float_ends(model: Any) -> list[str]:
-    """Names of the nodes kept float (module docstring): the first Conv reached from the inputs, and every node
-    from the outputs back to and including the first Conv on each path."""
+    """Names of the nodes kept float (module docstring): every node from the inputs up to and including the first
+    Conv on each path (a quantised bg - image would feed that Conv 8 bits), and every node from the outputs
+    back to and including the first Conv on each path."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list] = {}
@@ -69,7 +70,7 @@ def float_ends(model: Any) -> list[str]:
         keep.add(node.name)
         if node.op_type != "Conv":
             stack.extend(producer[i] for i in node.input if i in producer)
-    # forwards from the inputs to the first Conv on each path (that Conv only)
+    # forwards from the inputs, through everything up to a Conv
     seen: set[str] = set()
     stack = [c for i in graph.input for c in consumers.get(i.name, [])]
     while stack:
@@ -77,9 +78,8 @@ def float_ends(model: Any) -> list[str]:
         if node.name in seen:
             continue
         seen.add(node.name)
-        if node.op_type == "Conv":
-            keep.add(node.name)
-        else:
+        keep.add(node.name)
+        if node.op_type != "Conv":
             stack.extend(c for o in node.output for c in consumers.get(o, []))
     return sorted(keep)
 
