@@ -16,6 +16,7 @@ from safetensors.torch import save
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
 from maskdepth.models import create_model
+from maskdepth.onnx_model import load_onnx_model
 from maskdepth.schema import Reader
 
 HEADER_KEY = "maskdepth"
@@ -222,7 +223,11 @@ def model_from_state(path: Any, state: dict[str, torch.Tensor], header: dict[str
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild the model a checkpoint describes and load its weights. Returns (model, header)."""
+    """Rebuild the model a checkpoint describes and load its weights. Returns (model, header). An exported
+    .onnx file gives an OnnxModel (ONNX Runtime on the CPU) with the header the export kept."""
+    if Path(path).suffix.lower() == ".onnx":
+        model, header = load_onnx_model(path)
+        return model.to(map_location), header
     state, header = read_checkpoint(path)
     model, _ = model_from_state(Path(path), state, header)
     return model.to(map_location).eval(), header

@@ -20,6 +20,7 @@ import torch
 from maskdepth.checkpoint import load_model_from_checkpoint
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path
+from maskdepth.onnx_model import HEADER_KEY, OnnxModel
 from maskdepth.quantize import quantize_onnx
 
 INPUTS = ("bg", "image")
@@ -36,6 +37,9 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, header: dict[st
     """Export `model` (forward(bg, image) -> (mask_logits, depth)) to `path`; return the parity report
     (empty when `check` is False). Raises UserError, leaving nothing at `path`, if parity fails."""
     onnx = _require("onnx")
+    if isinstance(model, OnnxModel):
+        raise UserError(f"{model.model_name}: is an ONNX model already; export the .safetensors checkpoint it came "
+                        "from")
     model = model.to("cpu").float().eval()
     h, w = size
     example = (torch.rand(1, 3, h, w), torch.rand(1, 3, h, w))
@@ -49,7 +53,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, header: dict[st
         proto = onnx.load(str(tmp))
         if header:
             entry = proto.metadata_props.add()
-            entry.key, entry.value = "maskdepth", json.dumps(header, sort_keys=True)
+            entry.key, entry.value = HEADER_KEY, json.dumps(header, sort_keys=True)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         if check:

@@ -27,6 +27,7 @@ import numpy as np
 from maskdepth.data.generator import OnTheFlyGenerator
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path
+from maskdepth.onnx_model import QUANTIZATION_KEY
 
 CALIBRATION_SIZE = (192, 256)  # (H, W) of the calibration pairs; ranges are per tensor, so size matters little
 CALIBRATION_PAIRS = 32
@@ -119,7 +120,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                         extra_options={"CalibPercentile": PERCENTILE})
         quantized = onnx.load(str(out_tmp))
         del quantized.metadata_props[:]
-        for key, value in {**metadata, "maskdepth_quantization": "int8 static QDQ"}.items():
+        for key, value in {**metadata, QUANTIZATION_KEY: "int8 static QDQ"}.items():
             entry = quantized.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(quantized, str(out_tmp))

@@ -27,7 +27,8 @@ def register(sub) -> None:
     lens = p.add_mutually_exclusive_group()
     lens.add_argument("--fov", type=float, metavar="DEG", help="vertical field of view in degrees (default: 60)")
     lens.add_argument("--focal-px", type=float, metavar="F", help="focal length in pixels of the bg")
-    p.add_argument("--ckpt", default=None, help="model checkpoint (default: the weights shipped with maskdepth)")
+    p.add_argument("--ckpt", default=None, help="model checkpoint, or a file from maskdepth export --onnx (default: "
+                        "the weights shipped with maskdepth)")
     p.add_argument("--out", required=True, help="camera profile to write, e.g. camera.json")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)

@@ -89,7 +89,8 @@ def register(sub) -> None:
 
 
 def _add_ckpt(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", default=None, help="model checkpoint (default: the weights shipped with maskdepth)")
+    p.add_argument("--ckpt", default=None, help="model checkpoint, or a file from maskdepth export --onnx (default: "
+                        "the weights shipped with maskdepth)")
 
 
 def add_no_align(p: argparse.ArgumentParser) -> None:

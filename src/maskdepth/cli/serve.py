@@ -14,7 +14,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
                                                         "only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--ckpt", default=None, help="model checkpoint (default: the weights shipped with maskdepth)")
+    p.add_argument("--ckpt", default=None, help="model checkpoint, or a file from maskdepth export --onnx (default: "
+                        "the weights shipped with maskdepth)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one)")
     p.add_argument("--size", type=int, default=None,
                    help="run at about SIZE x SIZE pixels, aspect ratio kept (default: as `maskdepth predict`)")
