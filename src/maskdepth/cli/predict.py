@@ -52,7 +52,7 @@ def register(sub) -> None:
                                    "outputs mask_logits and depth), then check ONNX Runtime against PyTorch at "
                                    "another size; the file appears only if they agree.")
     e.add_argument("ckpt", nargs="?", default=None,
-                   help="model checkpoint (.safetensors); with --web, the shipped weights when left out")
+                   help="model checkpoint (.safetensors; default: the shipped weights)")
     to = e.add_mutually_exclusive_group(required=True)
     to.add_argument("--onnx", help="output .onnx file")
     to.add_argument("--web", metavar="DIR", help="a static folder (index.html, the ONNX model, onnxruntime-web) "
@@ -176,10 +176,14 @@ def run_export(args) -> int:
         print(f"wrote {args.web}/ ({report['bytes'] / 2**20:.0f} MiB): open {args.web}/index.html in a browser; "
               "it needs no server and no network")
         return 0
-    if args.ckpt is None:
-        raise UserError("export --onnx: give the checkpoint to export (e.g. runs/gpu/best.safetensors)")
+    ckpt = args.ckpt
+    if ckpt is None:
+        from maskdepth.checkpoint import default_weights
 
-    report = export_checkpoint(args.ckpt, args.onnx, force=args.force, opset=args.opset,
+        ckpt = default_weights("the default weights are not in this installation; give the checkpoint to export "
+                               "(e.g. runs/gpu/best.safetensors)")
+
+    report = export_checkpoint(ckpt, args.onnx, force=args.force, opset=args.opset,
                                check=not args.no_check, atol=args.atol, int8=args.int8)
     if "int8" in report:
         q = report["int8"]
