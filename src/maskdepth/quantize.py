@@ -17,6 +17,8 @@ agreement, median relative depth difference); otherwise nothing is written.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -113,11 +115,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         # shape inference and constant folding first, as the quantiser expects; symbolic shapes cannot be
         # inferred through the dynamic padding, and are not needed for Conv
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out_tmp), _Feeds(feeds), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile,
-                        nodes_to_exclude=float_ends(onnx.load(str(prepared))),
-                        extra_options={"CalibPercentile": PERCENTILE})
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its steps
+            quantize_static(str(prepared), str(out_tmp), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.Percentile,
+                            nodes_to_exclude=float_ends(onnx.load(str(prepared))),
+                            extra_options={"CalibPercentile": PERCENTILE})
         quantized = onnx.load(str(out_tmp))
         del quantized.metadata_props[:]
         for key, value in {**metadata, QUANTIZATION_KEY: "int8 static QDQ"}.items():

@@ -183,6 +183,11 @@ def run_export(args) -> int:
         ckpt = default_weights("the default weights are not in this installation; give the checkpoint to export "
                                "(e.g. runs/gpu/best.safetensors)")
 
+    if args.int8:
+        import sys
+
+        print("exporting, then calibrating int8 ranges on procedural pairs (about a minute on a CPU) ...",
+              file=sys.stderr, flush=True)
     report = export_checkpoint(ckpt, args.onnx, force=args.force, opset=args.opset,
                                check=not args.no_check, atol=args.atol, int8=args.int8)
     if "int8" in report:
