@@ -78,6 +78,12 @@ def test_export_web_writes_a_self_contained_folder(ckpt, tmp_path, capsys):
     assert main(["export", str(ckpt), "--web", str(site), "--force"]) == 0
 
 
-def test_export_onnx_still_needs_a_checkpoint(tmp_path, capsys):
-    assert main(["export", "--onnx", str(tmp_path / "m.onnx")]) == 2
-    assert "give the checkpoint" in capsys.readouterr().err
+def test_export_onnx_takes_the_shipped_weights_or_asks_for_a_checkpoint(tmp_path, capsys, monkeypatch):
+    import maskdepth.checkpoint
+
+    assert main(["export", "--onnx", str(tmp_path / "m.onnx")]) == 0  # the shipped weights
+    assert (tmp_path / "m.onnx").is_file() and "matches PyTorch" in capsys.readouterr().out
+    monkeypatch.setattr(maskdepth.checkpoint, "packaged_file", lambda name: tmp_path / "absent" / name)
+    assert main(["export", "--onnx", str(tmp_path / "n.onnx")]) == 2  # an installation without them
+    err = capsys.readouterr().err
+    assert "give the checkpoint" in err and err.count("\n") == 1 and not (tmp_path / "n.onnx").exists()
