@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 import pytest
 import torch
 
-import maskdepth
 from maskdepth import quantize
 from maskdepth.bench_infer import bench_infer
-from maskdepth.checkpoint import DEFAULT_WEIGHTS, load_model_from_checkpoint
+from maskdepth.checkpoint import DEFAULT_WEIGHTS, load_model_from_checkpoint, packaged_file
 from maskdepth.cli import main
 from maskdepth.errors import UserError
 from maskdepth.export import export_onnx
@@ -19,7 +16,7 @@ from maskdepth.models import create_model
 from maskdepth.quantize import agreement, float_ends, quantize_onnx, scene_pairs
 
 pytest.importorskip("onnxruntime.quantization")
-SHIPPED = str(Path(maskdepth.__file__).parent / DEFAULT_WEIGHTS)
+SHIPPED = packaged_file(DEFAULT_WEIGHTS)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import torch
 from maskdepth.device import resolve_device
 from maskdepth.errors import UserError
 from maskdepth.export import export_onnx
+from maskdepth.onnx_model import ort_session
 from maskdepth.progress import Progress
 from maskdepth.quantize import quantize_onnx
 
@@ -158,10 +159,7 @@ def _onnx_runner(model: torch.nn.Module, folder: Path, dev: torch.device, report
             report["skipped"][name] = str(e)
             return None
         path = folder / "model-int8.onnx"
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=[provider])
+    session = ort_session(path, provider)
     report["onnxruntime"] = ort.__version__
     if dev.type == "cpu":
         def run(bg: torch.Tensor, image: torch.Tensor):

@@ -20,7 +20,7 @@ import torch
 from maskdepth.checkpoint import load_model_from_checkpoint
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path
-from maskdepth.onnx_model import HEADER_KEY, OnnxModel
+from maskdepth.onnx_model import HEADER_KEY, OnnxModel, ort_session, require
 from maskdepth.quantize import quantize_onnx
 
 INPUTS = ("bg", "image")
@@ -36,7 +36,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, header: dict[st
                 atol: float = ATOL) -> dict[str, Any]:
     """Export `model` (forward(bg, image) -> (mask_logits, depth)) to `path`; return the parity report
     (empty when `check` is False). Raises UserError, leaving nothing at `path`, if parity fails."""
-    onnx = _require("onnx")
+    onnx = require("onnx", "ONNX export")
     if isinstance(model, OnnxModel):
         raise UserError(f"{model.model_name}: is an ONNX model already; export the .safetensors checkpoint it came "
                         "from")
@@ -91,10 +91,8 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size: tup
                  batch: int = 2, seed: int = 0) -> dict[str, Any]:
     """Largest absolute difference between PyTorch (CPU, fp32) and ONNX Runtime over both outputs, on random
     inputs and on real-looking scenes, at `size` with `batch` pairs."""
-    ort = _require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    require("onnxruntime", "the ONNX parity check")
+    session = ort_session(onnx_path)
     model = model.to("cpu").float().eval()
     h, w = size
     rng = np.random.default_rng(seed)
@@ -115,16 +113,6 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, size: tup
     return {"size": [h, w], "batch": batch, "max_abs_diff": max(diffs.values()), "diffs": diffs}
 
 
-def _require(module: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"ONNX export needs the {module} package, which is not installed; "
-                        "pip install 'maskdepth[onnx]'") from None
-
-
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = False,
                       size: tuple[int, int] = EXPORT_SIZE, opset: int = OPSET, check: bool = True,
                       atol: float = ATOL, int8: bool = False) -> dict[str, Any]:
@@ -141,7 +129,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, force: bo
     model, header = load_model_from_checkpoint(ckpt, map_location="cpu")
     if not int8:
         return export_onnx(model, out, header, size=size, opset=opset, check=check, atol=atol)
-    _require("onnxruntime")
+    require("onnxruntime", "ONNX export")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "float.onnx"
         report = export_onnx(model, fp32, header, size=size, opset=opset, check=check, atol=atol)

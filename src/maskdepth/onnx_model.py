@@ -10,6 +10,7 @@ int8 one (their depths differ by about a per cent).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -30,12 +31,10 @@ class OnnxModel(torch.nn.Module):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
-        ort = _onnxruntime()
         path = Path(path)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        require("onnxruntime", "running an .onnx model")
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{path}: not a usable ONNX model ({first[:200]}); export one with maskdepth export "
@@ -63,13 +62,23 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
-def _onnxruntime():
+def require(module: str, purpose: str):
+    """Import one of the optional ONNX packages (onnx, onnxruntime) for `purpose`, or one UserError saying how
+    to install it."""
     try:
-        import onnxruntime
+        return importlib.import_module(module)
     except ImportError:
-        raise UserError("running an .onnx model needs onnxruntime, which is not installed; "
+        raise UserError(f"{purpose} needs the {module} package, which is not installed; "
                         "pip install 'maskdepth[onnx]'") from None
-    return onnxruntime
+
+
+def ort_session(path: str | os.PathLike, provider: str = "CPUExecutionProvider"):
+    """An ONNX Runtime session on `path` with every graph optimisation and only its errors logged."""
+    ort = require("onnxruntime", "ONNX Runtime")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=[provider])
 
 
 def load_onnx_model(path: str | os.PathLike) -> tuple[OnnxModel, dict[str, Any]]:

@@ -29,7 +29,7 @@ import numpy as np
 from maskdepth.data.generator import OnTheFlyGenerator
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path
-from maskdepth.onnx_model import QUANTIZATION_KEY
+from maskdepth.onnx_model import QUANTIZATION_KEY, ort_session
 
 CALIBRATION_SIZE = (192, 256)  # (H, W) of the calibration pairs; ranges are per tensor, so size matters little
 CALIBRATION_PAIRS = 32
@@ -140,12 +140,7 @@ def agreement(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
               feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """How closely `int8_path` reproduces `fp32_path` on `feeds`: IoU of their masks (logit > 0) over all pixels,
     median and 99th percentile of |depth difference| / float depth."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                for p in (fp32_path, int8_path)]
+    sessions = [ort_session(p) for p in (fp32_path, int8_path)]
     inter = union = 0
     rel = []
     for feed in feeds:
