@@ -16,10 +16,9 @@ from safetensors.torch import save
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
 from maskdepth.models import create_model
-from maskdepth.onnx_model import load_onnx_model
+from maskdepth.onnx_model import HEADER_KEY, load_onnx_model
 from maskdepth.schema import Reader
 
-HEADER_KEY = "maskdepth"
 FORMAT_VERSION = 1
 # The largest model a checkpoint header may ask for (about 1 GB of float32): the seeds' and our models are
 # 0.6-16 M parameters.

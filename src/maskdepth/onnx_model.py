@@ -22,7 +22,7 @@ import torch
 from maskdepth.errors import UserError
 from maskdepth.fileio import require_file
 
-HEADER_KEY = "maskdepth"  # the checkpoint header, as JSON, in the ONNX file's metadata
+HEADER_KEY = "maskdepth"  # the metadata key of the checkpoint header (JSON), in .safetensors and .onnx files alike
 QUANTIZATION_KEY = "maskdepth_quantization"
 
 
