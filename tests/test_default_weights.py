@@ -34,3 +34,11 @@ def test_default_weights_reach_their_card(tmp_path):
                                     progress=False)
     for name in ("mask_iou", "depth_delta1"):
         assert record["metrics"][name] == pytest.approx(card["evaluation"]["metrics"][name], abs=0.02), name
+
+
+def test_card_recipe_counts_every_stage_of_its_command():
+    mod = load_script("package_default_weights")
+    two = ("maskdepth train --config default-weights-native --out runs/native; "
+           "maskdepth train --config default-weights-registered --out runs/registered")
+    assert mod._chain_steps(two) == {"stages": 2, "total_steps": 6000 + 4000}
+    assert mod._chain_steps("maskdepth train --config no-such-stage --out x") == {}
