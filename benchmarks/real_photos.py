@@ -5,6 +5,7 @@ benchmarks/results/real_photos.json.
     python benchmarks/real_photos.py                                  # ../shared/realsets/fg_bg_dataset
     python benchmarks/real_photos.py --bg-dir photos/ --fg-dir cutouts/ --ckpt runs/x/best.safetensors
     python benchmarks/real_photos.py --size 96                        # predict at a working size of 96x96
+    python benchmarks/real_photos.py --pictures worst/                # and a picture of its 8 worst per condition
 
 Composites come from the project's own path, `maskdepth data make --bg-dir --fg-dir --plain` (masks from the
 cutouts' alpha, no depth, cutouts pasted as they are): a seeded subset of `--backgrounds` photos x `--cutouts` cutouts x 2 flips, one placement each.
@@ -30,7 +31,8 @@ from maskdepth.cli import main as cli_main
 from maskdepth.data.photos import IMAGE_SUFFIXES
 from maskdepth.errors import UserError
 from maskdepth.predict import load_model
-from maskdepth.realbench import CONDITIONS, load_pairs, score_condition
+from maskdepth.realbench import CONDITIONS, WorstCases, load_pairs, score_condition
+from maskdepth.viz import save_png
 
 ROOT = Path(__file__).resolve().parent
 REALSET = ROOT.parent.parent / "shared" / "realsets" / "fg_bg_dataset"
@@ -92,6 +94,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="folder for the composites (default: a temporary one)")
     p.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
+    p.add_argument("--pictures", type=Path, default=None,
+                   help="folder for worst-<condition>.png: the 8 composites the model does worst on")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "real_photos.json")
     args = p.parse_args()
     if args.threads:
@@ -108,7 +112,10 @@ def main() -> int:
             predictor = load_model(args.ckpt, "cpu", **options)
             results, t0 = {}, time.perf_counter()
             for cond in args.conditions:
-                results[cond] = score_condition(predictor, pairs, cond, seed=args.seed)
+                worst = WorstCases() if args.pictures else None
+                results[cond] = score_condition(predictor, pairs, cond, seed=args.seed, worst=worst)
+                if worst is not None:
+                    save_png(args.pictures / f"worst-{cond}.png", worst.picture())
                 m, b = results[cond]["model"], results[cond]["baseline"]
                 reg = results[cond]["baseline_registered"]
                 print(f"{cond:9s} model IoU {m['mask_iou']:.3f} (per image {m['mask_iou_per_image']:.3f}, "

@@ -9,6 +9,7 @@ from maskdepth.realbench import (
     CONDITIONS,
     MaskScore,
     Pair,
+    WorstCases,
     apply_condition,
     best_threshold,
     conditioned_pairs,
@@ -107,3 +108,16 @@ def test_recall_is_counted_per_contrast_bucket():
     s.add(prob, mask, buckets)
     r = s.result()
     assert r["recall_dark_on_brighter"] == 1.0 and r["recall_same_brightness"] == 0.0 and r["mask_recall"] == 0.5
+
+
+def test_worst_cases_keep_the_lowest_iou_and_draw_them():
+    worst = WorstCases(2)
+    mask = _pair().mask
+    for found_rows in (20, 5, 15, 10):  # the true box has 20 rows: IoU 1, 0.25, 0.75, 0.5
+        prob = np.zeros_like(mask)
+        prob[10:10 + found_rows, 15:35] = 1
+        worst.add(_pair().bg, _pair().image, mask, prob)
+    assert [round(c[0], 2) for c in worst.cases] == [0.25, 0.5]
+    picture = worst.picture()
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.shape[1] > 5 * 48 > picture.shape[0] / 2
+    assert WorstCases(1).cases == []

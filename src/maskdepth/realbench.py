@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from maskdepth import align
 from maskdepth.data.loader import make_loader
 from maskdepth.metrics import Metrics
+from maskdepth.viz import make_grid, overlay
 
 CONDITIONS = ("aligned", "shifted", "exposure", "jpeg")
 ALIGNED_GAIN = 0.06
@@ -155,6 +156,34 @@ class MaskScore:
                 **{f"recall_{name}": round(hit / max(total, 1), 4) for name, (hit, total) in self._found.items()}}
 
 
+class WorstCases:
+    """The `n` composites with the lowest per-image mask IoU seen so far, for a picture of where a model fails."""
+
+    def __init__(self, n: int = 8):
+        self.n = n
+        self.cases: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, bg: np.ndarray, image: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> None:
+        truth, found = mask > 0.5, prob >= 0.5
+        union = int((truth | found).sum())
+        iou = (truth & found).sum() / union if union else 1.0
+        if len(self.cases) < self.n or iou < self.cases[-1][0]:
+            self.cases.append((float(iou), bg, image, truth, found))
+            self.cases.sort(key=lambda c: c[0])
+            del self.cases[self.n:]
+
+    def picture(self) -> np.ndarray:
+        """One row per case: bg as given, image, true mask, model's mask, and the image with the errors marked
+        (red: foreground missed, blue: background taken), its IoU written in the corner."""
+        rows = []
+        for iou, bg, image, truth, found in self.cases:
+            errors = overlay(overlay(image, truth & ~found, (255, 0, 0), 0.8), found & ~truth, (0, 96, 255), 0.8)
+            tile = Image.fromarray(errors)
+            ImageDraw.Draw(tile).text((2, 2), f"IoU {iou:.2f}", fill=(255, 255, 0))
+            rows.append([bg, image, truth.astype(np.float32), found.astype(np.float32), np.asarray(tile)])
+        return make_grid(rows, labels=["bg", "image", "truth", "model", "missed / taken"])
+
+
 def registered_bgs(bgs: list[np.ndarray], images: list[np.ndarray]) -> list[np.ndarray]:
     """Each bg moved and recoloured onto its image by align.py, as uint8 arrays."""
     def t(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -183,12 +212,16 @@ def _batches(pairs: list[Pair], condition: str, seed: int, batch_size: int
             part = []
 
 
-def score_model(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16) -> dict:
-    """The model's mask metrics (a predict.Predictor, run with its own settings) on `pairs` under `condition`."""
+def score_model(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16,
+                worst: WorstCases | None = None) -> dict:
+    """The model's mask metrics (a predict.Predictor, run with its own settings) on `pairs` under `condition`;
+    `worst` collects the composites it does worst on."""
     score = MaskScore()
     for bgs, images, batch in _batches(pairs, condition, seed, batch_size):
-        for pred, pair in zip(predictor.predict_arrays(bgs, images, layers=False), batch):
+        for pred, pair, bg, image in zip(predictor.predict_arrays(bgs, images, layers=False), batch, bgs, images):
             score.add(pred.mask_prob, pair.mask, pair.contrast)
+            if worst is not None:
+                worst.add(bg, image, pair.mask, pred.mask_prob)
     return score.result()
 
 
@@ -204,10 +237,10 @@ def score_baselines(pairs: list[Pair], condition: str, seed: int = 0, batch_size
 
 
 def score_condition(predictor, pairs: list[Pair], condition: str, seed: int = 0, batch_size: int = 16,
-                    baselines: dict | None = None) -> dict:
+                    baselines: dict | None = None, worst: WorstCases | None = None) -> dict:
     """The model and the differencing baselines on `pairs` under `condition`: {"model": metrics, "baseline",
     "baseline_registered" (score_baselines; pass `baselines` to reuse them), "margin_iou": model - baseline}."""
-    out = {"model": score_model(predictor, pairs, condition, seed, batch_size),
+    out = {"model": score_model(predictor, pairs, condition, seed, batch_size, worst),
            **(baselines or score_baselines(pairs, condition, seed, batch_size))}
     out["margin_iou"] = round(out["model"]["mask_iou"] - out["baseline"]["mask_iou"], 4)
     return out
