@@ -63,6 +63,21 @@ def test_a_nudged_camera_and_changed_light_are_recovered(rooms):
     assert after < 0.25 * before
 
 
+def test_the_strip_a_moved_capture_does_not_cover_is_the_pictures_own(rooms):
+    bgs, images, _ = rooms
+    moved = [_move(b, (3.0, 0.0), 0.0) for b in bgs[:2]]  # the camera turned: 3 columns new at one side
+    bg, image = _t(moved), _t(images[:2])
+    reg = align.register(bg, image)
+    filled, repeated = align.apply(bg, reg, image), align.apply(bg, reg)
+    side = slice(-2, None) if float(reg.motion[0, 2]) > 0 else slice(0, 2)
+    assert torch.equal(filled[..., side], image[..., side])  # no change seen there, none reported
+    assert (repeated[..., side] - image[..., side]).abs().mean() > 0.02
+    assert torch.equal(filled[..., 8:-8, 8:-8], repeated[..., 8:-8, 8:-8])  # inside, the same moved bg
+    still = align.Registration(motion=torch.zeros(2, 4), gain=torch.ones(2, 3), bias=torch.zeros(2, 3),
+                               size=tuple(image.shape[-2:]))
+    assert torch.equal(align.apply(bg, still, image), bg)  # not moved: every pixel is the capture's
+
+
 def test_an_unmoved_capture_stays_put(rooms):
     bgs, images, _ = rooms
     reg = align.register(_t(bgs), _t(images))

@@ -6,7 +6,8 @@ frame differ from the bg, which a model (or differencing) then reads as foregrou
 pair, the similarity transform (shift, rotation, scale) and the per-channel gain and offset that best map the bg
 onto the picture, by robust Gauss-Newton (iteratively reweighted least squares, Cauchy weights) from a coarse to a
 fine pyramid level: the foreground is where the two still differ, so it is down-weighted as an outlier rather
-than masked in advance. `apply` resamples the bg with the result.
+than masked in advance. `apply` resamples the bg with the result; where the moved bg does not reach (the strip a turned
+camera newly sees), it takes the picture's own pixels, since the empty scene there was never seen.
 
 Only small motions are sought (a fixed camera, nudged); an estimate beyond `MAX_SHIFT` / `MAX_TURN` / `MAX_ZOOM`, or
 one that does not lower the robust cost, is replaced by the photometric part alone on the unmoved bg. A featureless
@@ -211,15 +212,21 @@ def _cost(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: to
     return cost.sum((1, 2)) / inside.sum((1, 2)).clamp_min(1)
 
 
-def apply(bg: torch.Tensor, reg: Registration) -> torch.Tensor:
+def apply(bg: torch.Tensor, reg: Registration, image: torch.Tensor | None = None) -> torch.Tensor:
     """bg (N,3,H,W) in [0,1], moved and recoloured onto its picture; H x W may differ from the registration's
-    frame (the motion is rescaled to it)."""
+    frame (the motion is rescaled to it). With `image` (the pictures, the same shape), the strip at the frame's
+    edge that the moved bg does not cover takes the picture's own pixels: the empty scene was not seen there, so
+    nothing there is evidence of a change (repeating the bg's border pixels instead reads as foreground)."""
     n, _, h, w = bg.shape
     rh, rw = reg.size
     motion = reg.motion.to(bg.device) * torch.tensor([1.0, 1.0, (w - 1) / max(rw - 1, 1), (h - 1) / max(rh - 1, 1)],
                                                     device=bg.device)
+    inside = None
     if torch.count_nonzero(motion) == 0:
         out = bg
     else:
-        out = _warp(bg, motion, APPLY_MODE)[0]
-    return (reg.gain.to(bg.device).view(n, 3, 1, 1) * out + reg.bias.to(bg.device).view(n, 3, 1, 1)).clamp(0, 1)
+        out, inside = _warp(bg, motion, APPLY_MODE)
+    out = (reg.gain.to(bg.device).view(n, 3, 1, 1) * out + reg.bias.to(bg.device).view(n, 3, 1, 1)).clamp(0, 1)
+    if image is not None and inside is not None:
+        out = torch.where(inside[:, None], out, image.to(out.dtype))
+    return out

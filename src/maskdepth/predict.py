@@ -214,7 +214,7 @@ class Predictor:
             reg = None
             if self.align_bg:
                 reg = align.register(bg, image)
-                bg = align.apply(bg, reg)
+                bg = align.apply(bg, reg, image)
             if self.device.type == "cuda":
                 bg = bg.contiguous(memory_format=torch.channels_last)
                 image = image.contiguous(memory_format=torch.channels_last)

@@ -185,11 +185,12 @@ class WorstCases:
 
 
 def registered_bgs(bgs: list[np.ndarray], images: list[np.ndarray]) -> list[np.ndarray]:
-    """Each bg moved and recoloured onto its image by align.py, as uint8 arrays."""
+    """Each bg moved and recoloured onto its image by align.py as predict does it (the strip the moved bg does
+    not cover taken from the image), as uint8 arrays."""
     def t(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     bg, image = t(bgs), t(images)
-    return [_to_uint8(x) for x in align.apply(bg, align.register(bg, image))]
+    return [_to_uint8(x) for x in align.apply(bg, align.register(bg, image), image)]
 
 
 def _thresholded(diffs: list[np.ndarray], pairs: list[Pair]) -> dict:
