@@ -88,8 +88,10 @@ def _centred_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, t
     return xs - (w - 1) / 2, ys - (h - 1) / 2
 
 
-def _warp(bg: torch.Tensor, motion: torch.Tensor, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
-    """bg (N,C,H,W) sampled through `motion` (in this frame's pixels), and which samples fell inside the bg."""
+def _warp(bg: torch.Tensor, motion: torch.Tensor, mode: str = "bilinear", margin: float = 0.0
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """bg (N,C,H,W) sampled through `motion` (in this frame's pixels), and which samples fell inside the bg (or
+    within `margin` pixels beyond its outer pixel centres)."""
     n, _, h, w = bg.shape
     x, y = _centred_grid(h, w, bg.device)
     a, b, tx, ty = (m.view(n, 1, 1) for m in motion.unbind(1))
@@ -97,7 +99,7 @@ def _warp(bg: torch.Tensor, motion: torch.Tensor, mode: str = "bilinear") -> tup
     v = b * x + (1 + a) * y + ty
     # align_corners=True: normalised -1 and 1 are the first and last pixel centres
     grid = torch.stack((u / ((w - 1) / 2), v / ((h - 1) / 2)), dim=-1)
-    inside = (grid.abs() <= 1).all(-1)
+    inside = ((u.abs() <= (w - 1) / 2 + margin) & (v.abs() <= (h - 1) / 2 + margin))
     return F.grid_sample(bg, grid, mode=mode, padding_mode="border", align_corners=True), inside
 
 
@@ -225,7 +227,7 @@ def apply(bg: torch.Tensor, reg: Registration, image: torch.Tensor | None = None
     if torch.count_nonzero(motion) == 0:
         out = bg
     else:
-        out, inside = _warp(bg, motion, APPLY_MODE)
+        out, inside = _warp(bg, motion, APPLY_MODE, margin=0.5)  # the outer pixels' own half is still seen
     out = (reg.gain.to(bg.device).view(n, 3, 1, 1) * out + reg.bias.to(bg.device).view(n, 3, 1, 1)).clamp(0, 1)
     if image is not None and inside is not None:
         out = torch.where(inside[:, None], out, image.to(out.dtype))
