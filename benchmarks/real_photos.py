@@ -110,6 +110,12 @@ def main() -> int:
             options = {"native": True} if args.native else ({"size": args.size} if args.size else {})
             options["align_bg"] = not args.no_align
             predictor = load_model(args.ckpt, "cpu", **options)
+            if args.pictures:  # a bad path fails now, not after the scoring
+                try:
+                    args.pictures.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise UserError(f"{args.pictures}: cannot hold the pictures ({e.strerror}); give another "
+                                    "--pictures folder") from None
             results, t0 = {}, time.perf_counter()
             for cond in args.conditions:
                 worst = WorstCases() if args.pictures else None

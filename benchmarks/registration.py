@@ -57,7 +57,7 @@ def run_size(h: int, w: int, n: int, seed: int) -> dict:
             b = torch.from_numpy(moved).permute(2, 0, 1)[None].float() / 255
             t0 = time.perf_counter()
             reg = align.register(b, im_t[None])
-            align.apply(b, reg)
+            align.apply(b, reg, im_t[None])  # as predict applies it
             seconds.append(time.perf_counter() - t0)
             # realbench._move samples the bg at the shifted place rotated by -angle; the same motion, in this
             # module's terms

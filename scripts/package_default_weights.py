@@ -101,18 +101,30 @@ def _training_summary(run: Path, run_info: dict) -> dict:
 
 
 def _chain_steps(command: str) -> dict:
-    """The stages of a recipe's command (each `--config NAME` it trains) and their steps summed: the card's other
-    figures describe the last stage's run only."""
+    """The training stages of a recipe's command (each `maskdepth train` in it, read by the CLI's own parser, so
+    --config, --steps and --set count as they would) and their steps summed: the card's other figures describe
+    the last stage's run only."""
+    import shlex
+
+    from maskdepth.cli import build_parser
+    from maskdepth.cli.train import SHORT_FLAGS
     from maskdepth.errors import UserError
     from maskdepth.train.config import load_config
 
-    words = command.replace(";", " ").split()
-    names = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--config"]
-    try:
-        steps = [load_config(name).train.steps for name in names]
-    except UserError:  # a command naming configs this checkout lacks: leave the total out
-        return {}
-    return {"stages": len(names), "total_steps": sum(steps)} if names else {}
+    steps = []
+    for part in command.split(";"):
+        words = shlex.split(part)
+        if words[:2] != ["maskdepth", "train"]:
+            continue
+        try:
+            args = build_parser().parse_args(words[1:])
+            if args.resume:  # continues a stage already counted
+                continue
+            overrides = {k: getattr(args, f) for f, k in SHORT_FLAGS.items() if getattr(args, f) is not None}
+            steps.append(load_config(args.config, args.sets, overrides).train.steps)
+        except (UserError, SystemExit):  # a stage this checkout cannot read: no total rather than a wrong one
+            return {}
+    return {"stages": len(steps), "total_steps": sum(steps)} if steps else {}
 
 
 def package(ckpt: Path, run: Path, out_dir: Path = WEIGHTS, config: str = "default-weights",

@@ -73,9 +73,10 @@ def test_the_strip_a_moved_capture_does_not_cover_is_the_pictures_own(rooms):
     assert torch.equal(filled[..., side], image[..., side])  # no change seen there, none reported
     assert (repeated[..., side] - image[..., side]).abs().mean() > 0.02
     assert torch.equal(filled[..., 8:-8, 8:-8], repeated[..., 8:-8, 8:-8])  # inside, the same moved bg
-    still = align.Registration(motion=torch.zeros(2, 4), gain=torch.ones(2, 3), bias=torch.zeros(2, 3),
-                               size=tuple(image.shape[-2:]))
-    assert torch.equal(align.apply(bg, still, image), bg)  # not moved: every pixel is the capture's
+    # a camera moved by less than half a pixel: the outer pixels are still the capture's own
+    nudge = align.Registration(motion=torch.tensor([[0.0, 0.0, 0.3, -0.3]] * 2), gain=torch.ones(2, 3),
+                               bias=torch.zeros(2, 3), size=tuple(image.shape[-2:]))
+    assert torch.equal(align.apply(bg, nudge, image), align.apply(bg, nudge))
 
 
 def test_an_unmoved_capture_stays_put(rooms):

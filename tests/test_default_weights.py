@@ -42,3 +42,7 @@ def test_card_recipe_counts_every_stage_of_its_command():
            "maskdepth train --config default-weights-registered --out runs/registered")
     assert mod._chain_steps(two) == {"stages": 2, "total_steps": 6000 + 4000}
     assert mod._chain_steps("maskdepth train --config no-such-stage --out x") == {}
+    # as the CLI reads them: the = form, a --steps override, a resumed run, other commands
+    three = ("maskdepth train --config=default-weights-native --out a; python scripts/reestimate_bn.py a b; "
+             "maskdepth train --config default-weights-registered --steps 500 --out c; maskdepth train --resume c")
+    assert mod._chain_steps(three) == {"stages": 2, "total_steps": 6000 + 500}

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from maskdepth.data.banks import procedural_background
@@ -28,7 +30,15 @@ def _photos(tmp_path: Path) -> tuple[Path, Path]:
     return bg_dir, fg_dir
 
 
-def test_real_photos_benchmark_scores_the_model_beside_differencing(tmp_path, monkeypatch):
+@pytest.fixture
+def threads():
+    """real_photos.py --threads sets torch's thread count for the process: put it back for the other tests."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_real_photos_benchmark_scores_the_model_beside_differencing(tmp_path, monkeypatch, threads):
     bg_dir, fg_dir = _photos(tmp_path)
     out, pictures = tmp_path / "report.json", tmp_path / "worst"
     monkeypatch.setattr(sys, "argv", ["real_photos.py", "--bg-dir", str(bg_dir), "--fg-dir", str(fg_dir),
@@ -42,7 +52,19 @@ def test_real_photos_benchmark_scores_the_model_beside_differencing(tmp_path, mo
         r = report["conditions"][cond]
         assert 0 < r["model"]["mask_iou"] <= 1 and 0 <= r["baseline"]["mask_iou"] <= 1
         assert r["margin_iou"] == round(r["model"]["mask_iou"] - r["baseline"]["mask_iou"], 4)
-        assert Image.open(pictures / f"worst-{cond}.png").size[0] > 5 * 96
+        w, h = Image.open(pictures / f"worst-{cond}.png").size
+        assert w > 5 * 96 and 8 * 96 < h < 9 * 96 + 60  # five columns, eight composites
+
+
+def test_real_photos_benchmark_refuses_a_pictures_path_that_is_a_file(tmp_path, monkeypatch, capsys):
+    bg_dir, fg_dir = _photos(tmp_path)
+    (tmp_path / "taken").write_text("mine")
+    monkeypatch.setattr(sys, "argv", ["real_photos.py", "--bg-dir", str(bg_dir), "--fg-dir", str(fg_dir),
+                                      "--data-size", "96", "--pictures", str(tmp_path / "taken"),
+                                      "--work", str(tmp_path / "work"), "--out", str(tmp_path / "r.json")])
+    assert real_photos.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "taken" in err[-1] and "--pictures" in err[-1] and (tmp_path / "taken").read_text() == "mine"
 
 
 def test_real_photos_benchmark_names_a_missing_folder(tmp_path, monkeypatch, capsys):

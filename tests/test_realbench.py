@@ -15,6 +15,7 @@ from maskdepth.realbench import (
     conditioned_pairs,
     difference_score,
 )
+from maskdepth.viz import LABEL_H
 
 
 def _pair(seed=0, size=48):
@@ -119,5 +120,8 @@ def test_worst_cases_keep_the_lowest_iou_and_draw_them():
         worst.add(_pair().bg, _pair().image, mask, prob)
     assert [round(c[0], 2) for c in worst.cases] == [0.25, 0.5]
     picture = worst.picture()
-    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.shape[1] > 5 * 48 > picture.shape[0] / 2
-    assert WorstCases(1).cases == []
+    assert picture.shape[2] == 3 and 5 * 48 < picture.shape[1] < 5 * 48 + 20  # five columns
+    assert 2 * 48 < picture.shape[0] < 2 * 48 + 30  # two rows under the labels
+    top = LABEL_H + 2 + 2  # viz.make_grid: the labels, then a 2-px pad around every 48-px tile
+    model_tile = picture[top:top + 48, 2 + 3 * 50: 2 + 3 * 50 + 48]  # the first row's model column
+    assert (model_tile[..., 0] > 127).sum() == 5 * 20  # the worst case (5 rows of 20 found) is drawn first

@@ -218,7 +218,9 @@ def apply(bg: torch.Tensor, reg: Registration, image: torch.Tensor | None = None
     """bg (N,3,H,W) in [0,1], moved and recoloured onto its picture; H x W may differ from the registration's
     frame (the motion is rescaled to it). With `image` (the pictures, the same shape), the strip at the frame's
     edge that the moved bg does not cover takes the picture's own pixels: the empty scene was not seen there, so
-    nothing there is evidence of a change (repeating the bg's border pixels instead reads as foreground)."""
+    nothing there is evidence of a change (repeating the bg's border pixels instead reads as foreground). The
+    cost: within that strip (as wide as the camera moved, a pixel or three) a foreground is found from its
+    surroundings alone, not from a difference."""
     n, _, h, w = bg.shape
     rh, rw = reg.size
     motion = reg.motion.to(bg.device) * torch.tensor([1.0, 1.0, (w - 1) / max(rw - 1, 1), (h - 1) / max(rh - 1, 1)],
