@@ -132,6 +132,14 @@ def best_threshold(scores: list[np.ndarray], masks: list[np.ndarray]) -> int:
     return int(np.argmax(iou[1:]) + 1)  # t = 0 would claim every pixel
 
 
+def _metrics_input(prob: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One (H,W) probability mask and its truth as metrics.Metrics takes them: logits, depth, batch (no depth)."""
+    p = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    zeros = torch.zeros_like(t)
+    return torch.logit(p, eps=1e-6), zeros, {"mask": t, "depth": zeros, "depth_valid": zeros}
+
+
 class MaskScore:
     """Whole-set and per-image mask metrics of binary or probability masks, through metrics.Metrics, and the
     recall within each contrast bucket given (`recall_<bucket>`, prob >= 0.5 as the metrics count it)."""
@@ -141,10 +149,7 @@ class MaskScore:
         self._found: dict[str, list[int]] = {}
 
     def add(self, prob: np.ndarray, mask: np.ndarray, buckets: dict[str, np.ndarray] | None = None) -> None:
-        p = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
-        t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-        zeros = torch.zeros_like(t)
-        self._m.update(torch.logit(p, eps=1e-6), zeros, {"mask": t, "depth": zeros, "depth_valid": zeros})
+        self._m.update(*_metrics_input(prob, mask))
         for name, sel in (buckets or {}).items():
             found = self._found.setdefault(name, [0, 0])
             found[0] += int((prob[sel] >= 0.5).sum())
@@ -162,13 +167,12 @@ class WorstCases:
     def __init__(self, n: int = 8):
         self.n = n
         self.cases: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._m = Metrics(depth_max=1.0)
 
     def add(self, bg: np.ndarray, image: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> None:
-        truth, found = mask > 0.5, prob >= 0.5
-        union = int((truth | found).sum())
-        iou = (truth & found).sum() / union if union else 1.0
+        iou = float(self._m.per_sample(*_metrics_input(prob, mask))["mask_iou"][0])  # as the scores count it
         if len(self.cases) < self.n or iou < self.cases[-1][0]:
-            self.cases.append((float(iou), bg, image, truth, found))
+            self.cases.append((iou, bg, image, mask > 0.5, prob > self._m.threshold))
             self.cases.sort(key=lambda c: c[0])
             del self.cases[self.n:]
 
