@@ -10,7 +10,9 @@ from maskdepth.losses import (
     CombinedLoss,
     LossWeights,
     bce_loss,
+    boundary_band,
     dice_loss,
+    edge_bce_loss,
     gradient_loss,
     l1_loss,
     log_gradient_loss,
@@ -158,12 +160,27 @@ def test_thin_parts_are_what_the_coarse_grid_cannot_hold():
     assert thin_bce_loss(logits, torch.zeros_like(mask)) == 0  # nothing thin: no loss
 
 
+def test_boundary_band_is_the_ring_either_side_of_the_edge():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1.0
+    band = boundary_band(mask)
+    assert band[..., 8, 8:24].min() == 1 and band[..., 7, 8:24].min() == 1  # inside and outside the top edge
+    assert band[..., 9:23, 9:23].sum() == 0 and band[..., :7, :].sum() == 0  # not the body, not far outside
+    assert band.sum() == 16 * 16 - 14 * 14 + 18 * 18 - 16 * 16
+    logits = torch.where(mask > 0.5, 4.0, -4.0)
+    grown = logits.clone()
+    grown[..., 7:25, 7:25] = 4.0  # one pixel too wide all round
+    assert edge_bce_loss(grown, mask) > 10 * edge_bce_loss(logits, mask)
+    assert bce_loss(grown, mask) < edge_bce_loss(grown, mask) / 5  # plain BCE barely notices
+    assert edge_bce_loss(logits, torch.zeros_like(mask)) == 0  # no edge: no loss
+
+
 def test_combined_total_is_the_weighted_sum_of_terms():
     logits, depth, batch = make_batch(4)
-    w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
+    w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_edge=0.2, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
                     depth_grad=1.5, depth_silog=0.6, depth_loggrad=0.8, mask_weight=2.0, depth_weight=0.25)
     total, t = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
-    mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.4 * t["mask_thin"] + 0.3 * t["mask_ssim"]
+    mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.4 * t["mask_thin"] + 0.2 * t["mask_edge"] + 0.3 * t["mask_ssim"]
     dep = (0.1 * t["depth_l1"] + 0.7 * t["depth_smooth_l1"] + t["depth_ssim"] + 1.5 * t["depth_grad"]
            + 0.6 * t["depth_silog"] + 0.8 * t["depth_loggrad"])
     assert t["mask"].item() == pytest.approx(mask.item(), rel=1e-6)

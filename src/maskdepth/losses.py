@@ -1,5 +1,5 @@
-"""Training losses: BCE, soft Dice, thin-part BCE, SSIM, L1, smooth L1, image-gradient loss, scale-invariant log
-loss, multi-scale log-depth gradient matching, and their configured combination.
+"""Training losses: BCE, soft Dice, thin-part BCE, edge BCE, SSIM, L1, smooth L1, image-gradient loss,
+scale-invariant log loss, multi-scale log-depth gradient matching, and their configured combination.
 
 Every function computes in float32 (bf16 / fp16 inputs are cast up) and takes an optional `valid` map
 (N,1,H,W), 1 where the pixel counts: the result is the mean over valid pixels, and 0 (not NaN) when none is
@@ -74,6 +74,21 @@ def thin_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
     """BCE over the thin parts of the true mask and their neighbours only (thin_parts), so a part a few pixels
     wide weighs as much as a body however little of the area it covers; 0 when nothing is thin."""
     return bce_loss(logits, target, thin_parts(target))
+
+
+def boundary_band(target: Tensor, radius: int = 1) -> Tensor:
+    """(N,1,H,W) 1 within `radius` pixels of the edge of the true mask (mask > 0.5), on both sides, else 0."""
+    fg = (target.float() > 0.5).float()
+    k = 2 * radius + 1
+    dilated = F.max_pool2d(fg, k, 1, radius)
+    eroded = -F.max_pool2d(-fg, k, 1, radius)
+    return dilated - eroded
+
+
+def edge_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE over the pixels either side of the true mask's edge only (boundary_band), so a mask a pixel too wide
+    or too narrow all round is charged as much as a missed body, though it covers little area; 0 with no edge."""
+    return bce_loss(logits, target, boundary_band(target))
 
 
 def ssim_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -160,6 +175,7 @@ class LossWeights:
     bce: float = 1.0
     dice: float = 1.0
     mask_thin: float = 0.0  # thin_bce_loss: recall of parts a few pixels wide
+    mask_edge: float = 0.0  # edge_bce_loss: the outline, where a blurred mask loses a pixel each side
     mask_ssim: float = 0.0
     depth_l1: float = 0.1
     depth_smooth_l1: float = 0.0
@@ -178,7 +194,8 @@ class LossWeights:
                 raise UserError(f"[loss] {f.name} = {value!r} is not a usable weight: "
                                 "give a finite number >= 0")
             setattr(self, f.name, float(value))
-        mask_on = self.mask_weight > 0 and self.bce + self.dice + self.mask_thin + self.mask_ssim > 0
+        mask_on = self.mask_weight > 0 and (self.bce + self.dice + self.mask_thin + self.mask_edge
+                                            + self.mask_ssim) > 0
         depth_on = self.depth_weight > 0 and (self.depth_l1 + self.depth_smooth_l1 + self.depth_ssim
                                               + self.depth_grad + self.depth_silog + self.depth_loggrad) > 0
         if not (mask_on or depth_on):
@@ -186,7 +203,7 @@ class LossWeights:
                             "mask or depth term a weight > 0")
 
 
-MASK_TERMS = ("bce", "dice", "mask_thin", "mask_ssim")
+MASK_TERMS = ("bce", "dice", "mask_thin", "mask_edge", "mask_ssim")
 DEPTH_TERMS = ("depth_l1", "depth_smooth_l1", "depth_ssim", "depth_grad", "depth_silog", "depth_loggrad")
 
 
@@ -216,6 +233,7 @@ class CombinedLoss(nn.Module):
                 "bce": lambda: bce_loss(mask_logits, target_mask),
                 "dice": lambda: dice_loss(mask_logits, target_mask),
                 "mask_thin": lambda: thin_bce_loss(mask_logits, target_mask),
+                "mask_edge": lambda: edge_bce_loss(mask_logits, target_mask),
                 "mask_ssim": lambda: ssim_loss(torch.sigmoid(mask_logits.float()), target_mask),
                 "depth_l1": lambda: l1_loss(pred_d, target_d, valid),
                 "depth_smooth_l1": lambda: smooth_l1_loss(pred_d, target_d, valid),
