@@ -130,8 +130,9 @@ def run_rooms(predictor, n_rooms: int, n_frames: int) -> dict:
                 continue
             herr = [height_errors(p.mask_prob, p.mask, comp["mask"][k], float(true_h[k]), prof)
                     for k, p in enumerate(preds)]
-            row[name] = {**depth_metrics(layered * prof.depth_scale, true), "height_errors": herr,
-                         "scale": prof.depth_scale, "scale_vs_best": prof.depth_scale / best_scale - 1,
+            row[name] = {**depth_metrics(prof.metric(layered), true), "height_errors": herr,
+                         "scale": prof.depth_scale, "shift": prof.depth_shift,
+                         "scale_vs_best": prof.depth_scale / best_scale - 1,
                          "residuals": prof.residuals}
         # an exact floor (profile from the true depth) with the model's masks: the error of the masks alone
         exact = profile_from_depth(bg.depth, focal, camera_height=params.cam_height)

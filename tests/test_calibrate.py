@@ -3,6 +3,7 @@ layers, and `maskdepth calibrate` / `predict --camera` end to end; bad input is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,6 +13,7 @@ import torch
 
 from maskdepth.calibration import Distance, fit_floor, parse_distance, profile_from_depth
 from maskdepth.camera import (
+    MIN_METRIC_DEPTH_M,
     CameraProfile,
     check_profile,
     focal_from,
@@ -86,16 +88,24 @@ def test_measured_tilt_fixes_the_floor_so_a_tilted_model_floor_does_not_bias_the
     params, bg = room(5)
     pitch = math.degrees(params.pitch)
     prof = profile_from_depth(bg.depth * np.float32(0.5), bg.focal_px, camera_height=params.cam_height, tilt=pitch)
-    assert prof.depth_scale == pytest.approx(2.0, rel=1e-3)
+    assert prof.depth_scale == pytest.approx(2.0, rel=1e-3) and abs(prof.depth_shift) < 1e-3
     assert float(np.dot(prof.floor_normal, true_up(params))) == pytest.approx(1.0, abs=1e-6)
     assert prof.residuals["floor_tilt_error_deg"] < 0.5
-    # a depth whose floor is warped (far floor stretched) still gets the near-exact median scale; the plane-distance
-    # route is pulled off by the warp
+    # a model whose depth is off by an offset as well: the floor known in metres gives the scale and the shift
+    offset = (bg.depth * np.float32(0.5) - np.float32(0.3)).clip(0.05).astype(np.float32)
+    prof = profile_from_depth(offset, bg.focal_px, camera_height=params.cam_height, tilt=pitch)
+    assert prof.depth_scale == pytest.approx(2.0, rel=1e-2) and prof.depth_shift == pytest.approx(0.6, abs=0.02)
+    np.testing.assert_allclose(prof.metric(offset)[bg.floor], bg.depth[bg.floor], rtol=1e-2)
+    # a depth whose floor is warped (far floor stretched): the fit to the measured floor keeps the metric depth
+    # near the truth; the plane-distance route is pulled off by the warp
     warped = (bg.depth * (1 + 0.1 * (bg.depth / bg.depth.max()))).astype(np.float32)
     by_tilt = profile_from_depth(warped, bg.focal_px, camera_height=params.cam_height, tilt=pitch)
     by_plane = profile_from_depth(warped, bg.focal_px, camera_height=params.cam_height)
-    best = float(np.median(bg.depth[bg.floor] / warped[bg.floor]))
-    assert abs(by_tilt.depth_scale / best - 1) < abs(by_plane.depth_scale / best - 1)
+
+    def floor_error(p):
+        return float(np.median(np.abs(p.metric(warped)[bg.floor] / bg.depth[bg.floor] - 1)))
+
+    assert floor_error(by_tilt) < 0.01 < floor_error(by_plane)
     with pytest.raises(UserError, match="goes with --camera-height"):
         profile_from_depth(bg.depth, bg.focal_px, distances=[Distance(*floor_pixel(bg), 2.0)], tilt=10.0)
     with pytest.raises(UserError, match="between -30 and 90"):
@@ -157,9 +167,19 @@ def test_profile_round_trip_and_bad_profiles(tmp_path):
     with pytest.raises(UserError, match="another model"):
         check_profile(prof, "sha256:def")
     d = json.loads(path.read_text())
+    shifted = dataclasses.replace(prof, depth_shift=-0.25)
+    save_profile(shifted, tmp_path / "shifted.json")
+    assert load_profile(tmp_path / "shifted.json") == shifted
+    np.testing.assert_allclose(shifted.metric(np.array([1.0, 0.0], np.float32)),
+                               [prof.depth_scale - 0.25, MIN_METRIC_DEPTH_M])
+    # a profile of version 1 (before the shift) reads with shift 0
+    (tmp_path / "v1.json").write_text(json.dumps({**d, "version": 1, "depth": {"scale": d["depth"]["scale"]}}))
+    assert load_profile(tmp_path / "v1.json") == prof
     cases = {"corrupt.json": "{\"format\": ", "wrong.json": json.dumps({"hello": 1}),
              "noscale.json": json.dumps({**d, "depth": {}}),
-             "negative.json": json.dumps({**d, "depth": {**d["depth"], "scale": -1}})}
+             "negative.json": json.dumps({**d, "depth": {**d["depth"], "scale": -1}}),
+             "nanshift.json": json.dumps({**d, "depth": {**d["depth"], "shift": "nan"}}),
+             "newer.json": json.dumps({**d, "version": 99})}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(UserError, match="camera profile") as e:

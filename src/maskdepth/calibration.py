@@ -5,9 +5,10 @@ in the model's depth unit. The floor is the plane found by RANSAC among planes w
 MAX_TILT_DEG of the image's "up" (-y) and that lie below the camera, refined by least squares on its inliers. The
 metric scale then follows from either
 - the camera's height above the floor (metres): scale = height / (the plane's distance from the camera); with
-  the camera's measured tilt too, the floor plane is known in metres without the model, and the scale is the
-  median over the fitted floor's pixels of (the measured plane's depth / the model's depth), which does not
-  depend on the tilt of the model's floor, or
+  the camera's measured tilt too, the floor plane is known in metres without the model, so every floor pixel
+  has a known metric depth, and the depth is fitted to it as scale * model depth + shift (least squares on the
+  relative error over the fitted floor's pixels): that does not depend on the tilt of the model's floor, and the
+  shift takes out the model's offset (its near floor too far, its far floor too near, or the reverse), or
 - one or more known distances: pixel (X, Y) is M metres from the camera, measured along the ray (a tape from the
   lens to the point, not the z-depth): scale = M / (model ray length at the pixel); several give their median,
   and their disagreement, with the field of view that would reconcile them, is reported.
@@ -42,6 +43,9 @@ TILT_RANGE_DEG = (-30.0, 90.0)
 MAX_POINTS = 20_000
 # Several distances whose scales spread by more than this (max / min - 1) are reported as inconsistent.
 DISTANCE_SPREAD_WARN = 0.05
+# The floor's model depths must span at least this ratio (farthest / nearest) to fit a shift beside the scale;
+# a narrower floor gives the scale alone (the median ratio).
+MIN_SHIFT_SPAN = 1.5
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,20 @@ def fit_floor(depth: np.ndarray, focal: float, seed: int = 0) -> FloorFit:
     return FloorFit(normal=n, distance=float(c), inliers=inliers, rms=rms, fraction=fraction)
 
 
+def floor_depth_fit(model: np.ndarray, metric: np.ndarray) -> tuple[float, float]:
+    """(scale, shift) with metric ~ scale * model + shift over the floor's pixels (1-D arrays), least squares on
+    the relative error; the scale alone (shift 0, the median ratio) where the floor spans too little depth to tell
+    the two apart or the affine fit would not keep the nearest floor in front of the camera."""
+    ratio_only = (float(np.median(metric / model)), 0.0)
+    if model.max() < MIN_SHIFT_SPAN * model.min():
+        return ratio_only
+    w = 1.0 / metric
+    (scale, shift), *_ = np.linalg.lstsq(np.stack([model * w, w], axis=1), np.ones_like(metric), rcond=None)
+    if not (scale > 0 and scale * model.min() + shift > 0.5 * metric.min()):
+        return ratio_only
+    return float(scale), float(shift)
+
+
 def distance_scales(depth: np.ndarray, focal: float, distances: list[Distance]) -> np.ndarray:
     """Scale (metres per depth unit) each known distance gives: metres / the model's ray length at its pixel."""
     h, w = depth.shape
@@ -196,7 +214,7 @@ def profile_from_depth(depth: np.ndarray, focal: float, camera_height: float | N
     if floor.rms > MAX_RMS_FRACTION * floor.distance:
         raise UserError(f"the floor fit is poor (residual {floor.rms / floor.distance:.1%} of the camera height); "
                         "calibration needs a flat floor in view; take the bg with more floor showing")
-    normal, height = floor.normal, None
+    normal, height, shift = floor.normal, None, 0.0
     if tilt is not None:
         # the measured floor: level, tilted by `tilt` in camera coordinates; its depth along each floor ray
         t = math.radians(tilt)
@@ -207,8 +225,11 @@ def profile_from_depth(depth: np.ndarray, focal: float, camera_height: float | N
         if on.sum() < 3:
             raise UserError(f"--tilt {tilt}: with this tilt the floor found in the bg is not below the horizon; "
                             "check the tilt (degrees down from level)")
-        scale = float(np.median(camera_height / -down[on] / depth[on]))
+        metric = camera_height / -down[on]
+        scale, shift = floor_depth_fit(depth[on].astype(np.float64), metric)
         height = camera_height
+        residuals["floor_depth_error_relative"] = round(float(np.median(np.abs(
+            (scale * depth[on] + shift) / metric - 1))), 5)
         residuals["floor_tilt_error_deg"] = round(math.degrees(math.acos(min(1.0, float(normal @ floor.normal)))),
                                                   3)
     elif camera_height is not None:
@@ -223,10 +244,10 @@ def profile_from_depth(depth: np.ndarray, focal: float, camera_height: float | N
             residuals["best_fit_vfov_deg"] = best_fov(depth, distances)
     if not (math.isfinite(scale) and scale > 0):
         raise UserError("the measurement gives no valid scale; check --camera-height / --distance")
-    return CameraProfile(size=size, focal_px=float(focal), depth_scale=float(scale),
+    return CameraProfile(size=size, focal_px=float(focal), depth_scale=float(scale), depth_shift=shift,
                          floor_normal=tuple(float(x) for x in normal),
-                         camera_height_m=float(height if height is not None else floor.distance * scale), model=model, model_fingerprint=fingerprint,
-                         residuals=residuals, source=dict(source or {}))
+                         camera_height_m=float(height if height is not None else floor.distance * scale),
+                         model=model, model_fingerprint=fingerprint, residuals=residuals, source=dict(source or {}))
 
 
 def distance_warning(profile: CameraProfile) -> str | None:

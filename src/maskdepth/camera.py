@@ -1,7 +1,8 @@
 """The camera profile (camera.json): what is known once about a fixed camera, for one model.
 
 A profile holds the image size, the pinhole intrinsics (focal length in pixels, principal point at the image
-centre), the metric scale of the model's depth (metres per model depth unit), the floor plane in camera
+centre), the metric scale of the model's depth (metres per model depth unit, and a shift in metres where the
+calibration could fit one), the floor plane in camera
 coordinates (metres), the fingerprint of the model it was fitted with, and the fit's residuals. `maskdepth
 calibrate` (calibrate.py) makes one; `predict --camera` uses it. A profile for another model or another image
 size is refused: the scale belongs to one model's depth on one view.
@@ -29,11 +30,13 @@ from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_write_text, require_file
 
 PROFILE_FORMAT = "maskdepth-camera"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: depth.shift (version 1 profiles read with shift 0)
 # A pinhole field of view outside this is not a camera calibrate can model (fisheye or a telescope).
 FOV_RANGE_DEG = (10.0, 170.0)
 # When neither --fov nor --focal-px is given: the nominal camera of the procedural data (banks.NOMINAL_VFOV_DEG).
 DEFAULT_VFOV_DEG = 60.0
+# A negative shift never brings a pixel nearer than this to the lens (metres).
+MIN_METRIC_DEPTH_M = 0.01
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class CameraProfile:
     camera_height_m: float  # the camera's distance to the floor plane
     model: str  # the model's name, for messages
     model_fingerprint: str  # model_fingerprint() of the model the profile was fitted with
+    depth_shift: float = 0.0  # metres added after the scale
     residuals: dict[str, Any] = field(default_factory=dict)  # how well the fit went (calibrate.py says what)
     source: dict[str, Any] = field(default_factory=dict)  # what it was made from: bg file, measurements
 
@@ -54,6 +58,11 @@ class CameraProfile:
     def principal_point(self) -> tuple[float, float]:
         """(cx, cy) in pixels: the image centre."""
         return self.size[1] / 2, self.size[0] / 2
+
+    def metric(self, depth: np.ndarray) -> np.ndarray:
+        """The model's depth (its unit) in metres: depth * scale + shift, never nearer than MIN_METRIC_DEPTH_M."""
+        out = depth.astype(np.float32) * np.float32(self.depth_scale) + np.float32(self.depth_shift)
+        return np.maximum(out, np.float32(MIN_METRIC_DEPTH_M))
 
     @property
     def vfov_deg(self) -> float:
@@ -67,8 +76,8 @@ class CameraProfile:
                 "image": {"width": w, "height": h},
                 "intrinsics": {"model": "pinhole", "focal_px": self.focal_px, "cx": cx, "cy": cy,
                                "vfov_deg": round(self.vfov_deg, 4)},
-                "depth": {"unit": "metres", "scale": self.depth_scale, "kind": "z-depth",
-                          "meaning": "metric depth = model depth * scale"},
+                "depth": {"unit": "metres", "scale": self.depth_scale, "shift": self.depth_shift, "kind": "z-depth",
+                          "meaning": "metric depth = model depth * scale + shift"},
                 "floor": {"normal": list(self.floor_normal), "camera_height_m": self.camera_height_m,
                           "meaning": "camera coordinates (x right, y down, z forward, metres): "
                                      "normal . X + camera_height_m = 0"},
@@ -85,12 +94,13 @@ class CameraProfile:
         normal = tuple(float(x) for x in d["floor"]["normal"])
         profile = cls(size=(int(d["image"]["height"]), int(d["image"]["width"])),
                       focal_px=float(d["intrinsics"]["focal_px"]), depth_scale=float(d["depth"]["scale"]),
-                      floor_normal=normal, camera_height_m=float(d["floor"]["camera_height_m"]),
+                      depth_shift=float(d["depth"].get("shift", 0.0)), floor_normal=normal, camera_height_m=float(d["floor"]["camera_height_m"]),
                       model=str(d["model"]["name"]), model_fingerprint=str(d["model"]["fingerprint"]),
                       residuals=dict(d.get("residuals", {})), source=dict(d.get("source", {})))
         good = (len(normal) == 3 and abs(math.hypot(*normal) - 1) < 1e-3 and min(profile.size) >= 1
                 and all(math.isfinite(x) and x > 0 for x in (profile.focal_px, profile.depth_scale,
-                                                              profile.camera_height_m)))
+                                                              profile.camera_height_m))
+                and math.isfinite(profile.depth_shift))
         if not good:
             raise ValueError("values out of range")
         return profile

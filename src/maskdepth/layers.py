@@ -45,7 +45,7 @@ def attach_camera(predictor: Predictor, camera: str | os.PathLike | CameraProfil
     where = str(camera) if isinstance(camera, (str, os.PathLike)) else "camera profile"
     profile = camera if isinstance(camera, CameraProfile) else load_profile(camera)
     check_profile(profile, model_fingerprint(predictor.model), where)
-    dmax = predictor.depth.max * profile.depth_scale
+    dmax = float(profile.metric(np.float32(predictor.depth.max)))
     predictor.depth = dataclasses.replace(predictor.depth, unit="metres", max=dmax,
                                           scale=max(predictor.depth.scale, dmax / 65535))
     return profile
@@ -81,8 +81,8 @@ def add_layers(predictor: Predictor, bgs: list[np.ndarray], preds: list[Predicti
             pred.depth_bg = scene
             continue
         check_size(profile, pred.depth.shape)
-        behind = scene * np.float32(profile.depth_scale)
-        front = np.minimum(pred.depth * np.float32(profile.depth_scale), behind)
+        behind = profile.metric(scene)
+        front = np.minimum(profile.metric(pred.depth), behind)
         pred.depth = np.where(pred.mask, front, behind).astype(np.float32)
         pred.depth_bg = behind
         pred.depth_unit = "metres"
@@ -157,7 +157,7 @@ def save_layers(pred: Prediction, folder: Path, depth: DepthInfo, camera: Camera
                       "depth_bg.png": "the empty scene behind the foreground (from the bg), same unit and scale"}
     if camera is not None:
         info["camera"] = {"fingerprint": camera.model_fingerprint, "depth_scale": camera.depth_scale,
-                          "focal_px": camera.focal_px}
+                          "depth_shift": camera.depth_shift, "focal_px": camera.focal_px}
         atomic_write_text(folder / "objects.json", json.dumps(
             {"unit": "metres", "contact_depth": "z-depth of the floor contact", "contact_distance":
              "straight-line distance from the camera to the floor contact", "height":

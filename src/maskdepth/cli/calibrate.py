@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"maskdepth: warning: {warning}", file=sys.stderr)
     r = profile.residuals
+    shift = f" {profile.depth_shift:+.3f} m" if profile.depth_shift else ""
     print(f"wrote {args.out}: {profile.size[1]}x{profile.size[0]}, vertical fov {profile.vfov_deg:.1f} deg, "
-          f"depth scale {profile.depth_scale:.4g} metres per model unit, camera {profile.camera_height_m:.3f} "
+          f"depth scale {profile.depth_scale:.4g} metres per model unit{shift}, camera {profile.camera_height_m:.3f} "
           f"metres above the floor (floor fit: {r['floor_inlier_fraction']:.0%} of the picture, residual "
           f"{r['floor_rms_relative']:.1%} of the height)")
     return 0
