@@ -72,13 +72,23 @@ def require(module: str, purpose: str):
                         "pip install 'maskdepth[onnx]'") from None
 
 
-def ort_session(path: str | os.PathLike, provider: str = "CPUExecutionProvider"):
-    """An ONNX Runtime session on `path` with every graph optimisation and only its errors logged."""
+def ort_session(path: str | os.PathLike, providers: str | list[str] = "CPUExecutionProvider",
+                threads: int | None = None):
+    """An ONNX Runtime session on `path` with every graph optimisation and only its errors logged; `providers`
+    in order of preference, `threads` intra-op threads (None: ONNX Runtime's choice)."""
     ort = require("onnxruntime", "ONNX Runtime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=[provider])
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=[providers] if isinstance(providers, str) else providers)
+
+
+def ort_providers() -> list[str]:
+    """The execution providers this ONNX Runtime has."""
+    return require("onnxruntime", "ONNX Runtime").get_available_providers()
 
 
 def load_onnx_model(path: str | os.PathLike) -> tuple[OnnxModel, dict[str, Any]]:

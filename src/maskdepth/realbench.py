@@ -142,7 +142,7 @@ def _metrics_input(prob: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, to
 
 class MaskScore:
     """Whole-set and per-image mask metrics of binary or probability masks, through metrics.Metrics, and the
-    recall within each contrast bucket given (`recall_<bucket>`, prob >= 0.5 as the metrics count it)."""
+    recall within each contrast bucket given (`recall_<bucket>`, prob > threshold as the metrics count it)."""
 
     def __init__(self):
         self._m = Metrics(depth_max=1.0)
@@ -152,7 +152,7 @@ class MaskScore:
         self._m.update(*_metrics_input(prob, mask))
         for name, sel in (buckets or {}).items():
             found = self._found.setdefault(name, [0, 0])
-            found[0] += int((prob[sel] >= 0.5).sum())
+            found[0] += int((prob[sel] > self._m.threshold).sum())
             found[1] += int(sel.sum())
 
     def result(self) -> dict[str, float]:

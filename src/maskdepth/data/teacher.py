@@ -33,6 +33,7 @@ from PIL import Image
 
 from maskdepth.errors import UserError
 from maskdepth.fileio import atomic_path, require_file
+from maskdepth.onnx_model import ort_providers, ort_session
 from maskdepth.progress import Progress
 from maskdepth.sizes import parse_size
 
@@ -163,21 +164,16 @@ class _OnnxRunner:
     """ONNX Runtime session on (N,3,H,W) float32; CUDA when asked for and available, else CPU."""
 
     def __init__(self, path: Path, device: str, threads: int | None):
-        import onnxruntime as ort  # optional dependency (the onnx extra): imported only for an ONNX teacher
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+            if "CUDAExecutionProvider" not in ort_providers():
                 raise UserError(f"{path}: ONNX Runtime here has no CUDA provider; install onnxruntime-gpu or run "
                                 "the teacher on the CPU")
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort_session(path, providers, threads)
+        except UserError:
+            raise
         except Exception as e:  # onnxruntime raises its own exception types for any unreadable model
             raise UserError(f"{path}: not a usable ONNX model ({_first_line(e)}); give an .onnx depth model "
                             "or a TorchScript file") from None
