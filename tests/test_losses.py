@@ -177,8 +177,9 @@ def test_boundary_band_is_the_ring_either_side_of_the_edge():
 
 def test_combined_total_is_the_weighted_sum_of_terms():
     logits, depth, batch = make_batch(4)
-    w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_edge=0.2, mask_ssim=0.3, depth_l1=0.1, depth_smooth_l1=0.7, depth_ssim=1.0,
-                    depth_grad=1.5, depth_silog=0.6, depth_loggrad=0.8, mask_weight=2.0, depth_weight=0.25)
+    w = LossWeights(bce=0.5, dice=2.0, mask_thin=0.4, mask_edge=0.2, mask_ssim=0.3, depth_l1=0.1,
+                    depth_smooth_l1=0.7, depth_ssim=1.0, depth_grad=1.5, depth_silog=0.6, depth_loggrad=0.8,
+                    mask_weight=2.0, depth_weight=0.25)
     total, t = CombinedLoss(w, DEPTH_MAX)(logits, depth, batch)
     mask = 0.5 * t["bce"] + 2.0 * t["dice"] + 0.4 * t["mask_thin"] + 0.2 * t["mask_edge"] + 0.3 * t["mask_ssim"]
     dep = (0.1 * t["depth_l1"] + 0.7 * t["depth_smooth_l1"] + t["depth_ssim"] + 1.5 * t["depth_grad"]

@@ -225,11 +225,11 @@ def profile_from_depth(depth: np.ndarray, focal: float, camera_height: float | N
         if on.sum() < 3:
             raise UserError(f"--tilt {tilt}: with this tilt the floor found in the bg is not below the horizon; "
                             "check the tilt (degrees down from level)")
-        metric = camera_height / -down[on]
-        scale, shift = floor_depth_fit(depth[on].astype(np.float64), metric)
+        model, metric = depth[on].astype(np.float64), camera_height / -down[on]
+        scale, shift = floor_depth_fit(model, metric)
         height = camera_height
-        residuals["floor_depth_error_relative"] = round(float(np.median(np.abs(
-            (scale * depth[on] + shift) / metric - 1))), 5)
+        residuals["floor_depth_error_relative"] = round(float(np.median(np.abs((scale * model + shift) / metric
+                                                                              - 1))), 5)
         residuals["floor_tilt_error_deg"] = round(math.degrees(math.acos(min(1.0, float(normal @ floor.normal)))),
                                                   3)
     elif camera_height is not None:

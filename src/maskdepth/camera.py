@@ -2,10 +2,10 @@
 
 A profile holds the image size, the pinhole intrinsics (focal length in pixels, principal point at the image
 centre), the metric scale of the model's depth (metres per model depth unit, and a shift in metres where the
-calibration could fit one), the floor plane in camera
-coordinates (metres), the fingerprint of the model it was fitted with, and the fit's residuals. `maskdepth
-calibrate` (calibrate.py) makes one; `predict --camera` uses it. A profile for another model or another image
-size is refused: the scale belongs to one model's depth on one view.
+calibration could fit one), the floor plane in camera coordinates (metres), the fingerprint of the model it was
+fitted with, and the fit's residuals. `maskdepth calibrate` (calibrate.py) makes one; `predict --camera` uses
+it. A profile for another model or another image size is refused: the scale belongs to one model's depth on one
+view.
 
 Camera coordinates: x right, y down, z forward (along the optical axis); pixel (row r, col c) has its centre at
 (c + 0.5, r + 0.5) and looks along (a, b, 1) with a = (c + 0.5 - cx) / f, b = (r + 0.5 - cy) / f. Depth is
@@ -94,7 +94,8 @@ class CameraProfile:
         normal = tuple(float(x) for x in d["floor"]["normal"])
         profile = cls(size=(int(d["image"]["height"]), int(d["image"]["width"])),
                       focal_px=float(d["intrinsics"]["focal_px"]), depth_scale=float(d["depth"]["scale"]),
-                      depth_shift=float(d["depth"].get("shift", 0.0)), floor_normal=normal, camera_height_m=float(d["floor"]["camera_height_m"]),
+                      depth_shift=float(d["depth"].get("shift", 0.0)), floor_normal=normal,
+                      camera_height_m=float(d["floor"]["camera_height_m"]),
                       model=str(d["model"]["name"]), model_fingerprint=str(d["model"]["fingerprint"]),
                       residuals=dict(d.get("residuals", {})), source=dict(d.get("source", {})))
         good = (len(normal) == 3 and abs(math.hypot(*normal) - 1) < 1e-3 and min(profile.size) >= 1

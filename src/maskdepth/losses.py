@@ -194,10 +194,8 @@ class LossWeights:
                 raise UserError(f"[loss] {f.name} = {value!r} is not a usable weight: "
                                 "give a finite number >= 0")
             setattr(self, f.name, float(value))
-        mask_on = self.mask_weight > 0 and (self.bce + self.dice + self.mask_thin + self.mask_edge
-                                            + self.mask_ssim) > 0
-        depth_on = self.depth_weight > 0 and (self.depth_l1 + self.depth_smooth_l1 + self.depth_ssim
-                                              + self.depth_grad + self.depth_silog + self.depth_loggrad) > 0
+        mask_on = self.mask_weight > 0 and sum(getattr(self, n) for n in MASK_TERMS) > 0
+        depth_on = self.depth_weight > 0 and sum(getattr(self, n) for n in DEPTH_TERMS) > 0
         if not (mask_on or depth_on):
             raise UserError("[loss] every weight is 0, so nothing would be trained: give at least one "
                             "mask or depth term a weight > 0")
