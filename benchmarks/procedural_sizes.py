@@ -1,5 +1,7 @@
 """Resolution robustness on unseen procedural rooms: one checkpoint evaluated on the same fresh test rooms made at
 several sizes (mask IoU whole set and per image, depth δ<1.25 raw and after per-image scale-and-shift alignment).
+The same masks are scored again through `maskdepth.load_model().predict` with its default settings (`predict_*`:
+the bg registered first, as every user's pair is), so a difference between the two is the prediction path's.
 Writes benchmarks/results/procedural_sizes.json.
 
     python benchmarks/procedural_sizes.py                          # the shipped weights at 96 and 192
@@ -20,6 +22,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("mask_iou", "mask_iou_per_image", "mask_boundary_f", "depth_delta1", "depth_absrel", "aligned_depth_delta1")
+
+
+def _u8(x):
+    return list((x.permute(0, 2, 3, 1) * 255).round().byte().numpy())
+
+
+def predicted_masks(ckpt: str, data: Path) -> dict[str, float]:
+    """predict_mask_iou, predict_mask_iou_per_image: the test split's masks through load_model().predict."""
+    import maskdepth
+    from maskdepth.data.loader import make_loader
+    from maskdepth.realbench import MaskScore
+
+    predictor = maskdepth.load_model(ckpt)
+    score = MaskScore()
+    for batch in make_loader(data, "test", 16, None, train=False, workers=0):
+        for pred, mask in zip(predictor.predict_arrays(_u8(batch["bg"]), _u8(batch["image"]), layers=False),
+                              batch["mask"][:, 0].numpy()):
+            score.add(pred.mask_prob, mask)
+    out = score.result()
+    return {"predict_mask_iou": out["mask_iou"], "predict_mask_iou_per_image": out["mask_iou_per_image"]}
 
 
 def main() -> int:
@@ -43,6 +65,7 @@ def main() -> int:
             make_card_dataset(data, size)
             record, _ = evaluate_checkpoint(ckpt, data, "test", size=size, workers=1, progress=False, aligned=True)
             rows[size] = {k: round(record["metrics"][k], 4) for k in KEYS}
+            rows[size].update(predicted_masks(ckpt, data))
             print(f"{size}x{size}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[size].items()), flush=True)
     report = {"benchmark": "procedural_sizes", "date": datetime.date.today().isoformat(), "ckpt": ckpt,
               "dataset": {k: v for k, v in c.items() if k != "size"}, "sizes": rows}  # rendered at each size

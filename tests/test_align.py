@@ -129,3 +129,46 @@ def test_registration_is_described_for_the_frame_it_was_estimated_for(rooms):
     assert d["size"] == [128, 160]
     assert d["shift_px"][0] == pytest.approx(2.0, abs=0.15) and abs(d["shift_px"][1]) < 0.15
     assert dataclasses.asdict(reg)["size"] == (128, 160)
+
+
+def _close_up(bgs, cover):
+    """The pictures with a textured foreground filling the middle `cover` of the frame's area (a person right in
+    front of the camera), and its mask."""
+    rng = np.random.default_rng(5)
+    h, w = bgs[0].shape[:2]
+    side = math.sqrt(cover)
+    y0, x0 = int(h * (1 - side) / 2), int(w * (1 - side) / 2)
+    mask = np.zeros((h, w), bool)
+    mask[y0:h - y0, x0:w - x0] = True
+    coarse = rng.integers(0, 256, (len(bgs), h // 8, w // 8, 3), dtype=np.uint8)
+    texture = coarse.repeat(8, axis=1).repeat(8, axis=2)
+    return [np.where(mask[..., None], t, b) for b, t in zip(bgs, texture)], mask
+
+
+def test_a_foreground_filling_most_of_the_frame_is_not_taken_for_changed_light(rooms):
+    bgs, _, _ = rooms
+    images, _ = _close_up(bgs, 0.6)
+    reg = align.register(_t(bgs), _t(images))
+    assert float(reg.shift_px().max()) < 0.1
+    torch.testing.assert_close(reg.gain, torch.ones_like(reg.gain), atol=0.02, rtol=0)
+    torch.testing.assert_close(reg.bias, torch.zeros_like(reg.bias), atol=0.01, rtol=0)
+    # a nudged camera is still found with half the frame foreground
+    images, _ = _close_up(bgs, 0.5)
+    moves = _moves(len(bgs))
+    moved = [_move(b, (dx, dy), ang) for b, (dx, dy, ang) in zip(bgs, moves)]
+    reg = align.register(_t(moved), _t(images))
+    for k, (dx, dy, _) in enumerate(moves):
+        np.testing.assert_allclose(reg.describe(k)["shift_px"], [dx, dy], atol=0.15)
+
+
+def test_a_frame_all_foreground_keeps_the_capture_as_it_was():
+    # nothing of the empty scene is left to fit: no recolouring may stand in for the foreground
+    rng = np.random.default_rng(6)
+    bg = torch.from_numpy(rng.uniform(0.3, 0.7, (2, 3, 64, 80)).astype(np.float32))
+    image = torch.full_like(bg, 0.05)
+    image[:, :, :4] = bg[:, :, :4]  # a sliver of the scene: 6% of the frame
+    reg = align.register(bg, image)
+    assert bool(((reg.gain >= 1 / align.MAX_GAIN) & (reg.gain <= align.MAX_GAIN)).all())
+    assert float(reg.bias.abs().max()) <= align.MAX_BIAS
+    out = align.apply(bg, reg, image)
+    assert float((out - image).abs().mean()) > 0.2  # the foreground still differs from the registered bg

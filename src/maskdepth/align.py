@@ -6,12 +6,18 @@ frame differ from the bg, which a model (or differencing) then reads as foregrou
 pair, the similarity transform (shift, rotation, scale) and the per-channel gain and offset that best map the bg
 onto the picture, by robust Gauss-Newton (iteratively reweighted least squares, Cauchy weights) from a coarse to a
 fine pyramid level: the foreground is where the two still differ, so it is down-weighted as an outlier rather
-than masked in advance. `apply` resamples the bg with the result; where the moved bg does not reach (the strip a turned
-camera newly sees), it takes the picture's own pixels, since the empty scene there was never seen.
+than masked in advance. That holds with a foreground over half the frame (a person right in front of the camera):
+the Cauchy scale comes from the residuals' lower quartile, not their median. `apply` resamples the bg with
+the result; where the moved bg does not reach (the strip a turned camera newly sees), it takes the picture's own
+pixels, since the empty scene there was never seen.
 
 Only small motions are sought (a fixed camera, nudged); an estimate beyond `MAX_SHIFT` / `MAX_TURN` / `MAX_ZOOM`, or
-one that does not lower the robust cost, is replaced by the photometric part alone on the unmoved bg. A featureless
-bg leaves the motion unobservable: the damping keeps it at zero.
+one that does not lower the robust cost, is replaced by the photometric part alone on the unmoved bg. Only what one
+camera's exposure and white balance can do is sought too: gains or offsets beyond `MAX_GAIN` / `MAX_BIAS` mean
+the fit recoloured the bg into a foreground that fills the frame, so the photometric fit of the unmoved bg is used
+instead, or the bg as captured where that is beyond them too. A foreground over three quarters of the frame can
+still pass for a change of light within them. A featureless bg leaves the motion unobservable:
+the damping keeps it at zero.
 """
 
 from __future__ import annotations
@@ -36,6 +42,14 @@ APPLY_MODE = "bicubic"
 MAX_SHIFT = 0.05  # of the frame's longer side
 MAX_TURN = math.radians(3.0)
 MAX_ZOOM = 0.05
+# The Cauchy scale comes from this quantile of the residuals, so that it is the empty scene's while a foreground
+# covers up to three quarters of the frame (the median's breaks at half); the factor gives the scale the median rule had on pure noise (3 colour channels:
+# chi-square quantiles 2.37 at 0.5, 1.21 at 0.25).
+SCALE_QUANTILE = 0.25
+SCALE_FACTOR = 2.0 * math.sqrt(2.37 / 1.21)
+# A fixed camera's exposure and white balance change the bg's colours by at most these (gain, offset in [0, 1])
+MAX_GAIN = 2.5
+MAX_BIAS = 0.25
 
 
 @dataclass(frozen=True)
@@ -123,10 +137,13 @@ def _residual(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor,
 
 
 def _scale(e2: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """(N,) Cauchy scale from the median residual magnitude (e2: squared, (N,H,W)), floored so that clean pairs
-    are not over-fitted."""
-    med = torch.stack([ei[m].median() if m.any() else ei.new_tensor(0.0) for ei, m in zip(e2, inside)])
-    return (2.0 * med.sqrt()).clamp_min(0.02)
+    """(N,) Cauchy scale from a low quantile of the residual magnitude (e2: squared, (N,H,W)), floored so that
+    clean pairs are not over-fitted. Not the median: a foreground filling more than half the frame (a person
+    close to the camera) would set the scale, every pixel would then weigh alike, and the fit would recolour the
+    bg into the foreground."""
+    q = torch.stack([torch.quantile(ei[m], SCALE_QUANTILE) if m.any() else ei.new_tensor(0.0)
+                     for ei, m in zip(e2, inside)])
+    return (SCALE_FACTOR * q.sqrt()).clamp_min(0.02)
 
 
 def _level(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: torch.Tensor, iterations: int,
@@ -181,7 +198,8 @@ def register(bg: torch.Tensor, image: torch.Tensor) -> Registration:
         levels.append((F.avg_pool2d(levels[-1][0], 2), F.avg_pool2d(levels[-1][1], 2)))
     device = bg.device
     motion = torch.zeros(n, 4, device=device)
-    photo = torch.cat([torch.ones(n, 3, device=device), torch.zeros(n, 3, device=device)], 1)
+    photo_identity = torch.cat([torch.ones(n, 3, device=device), torch.zeros(n, 3, device=device)], 1)
+    photo = photo_identity
     prev_side = None
     for b_l, i_l in reversed(levels):
         side = b_l.shape[-1]
@@ -201,10 +219,19 @@ def register(bg: torch.Tensor, image: torch.Tensor) -> Registration:
     plausible = ((reg.shift_px() <= MAX_SHIFT * max(h, w)) & (torch.atan2(b, 1 + a).abs() <= MAX_TURN)
                  & ((torch.hypot(1 + a, b) - 1).abs() <= MAX_ZOOM) & (moved < unmoved)
                  & torch.isfinite(motion).all(1) & torch.isfinite(photo).all(1))
-    keep = plausible.view(-1, 1)
+    keep = (plausible & _plausible_light(photo)).view(-1, 1)
+    photo_still = torch.where(_plausible_light(photo_still).view(-1, 1), photo_still, photo_identity)
     return Registration(motion=torch.where(keep, motion_full, torch.zeros_like(motion_full)),
                         gain=torch.where(keep, photo[:, :3], photo_still[:, :3]),
                         bias=torch.where(keep, photo[:, 3:], photo_still[:, 3:]), size=(h, w))
+
+
+def _plausible_light(photo: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: gains and offsets (N,6) that a changed exposure or white balance of one camera can give. Beyond
+    them the fit has explained a foreground filling the frame by recolouring the bg, and none is better."""
+    gain, bias = photo[:, :3], photo[:, 3:]
+    return (torch.isfinite(photo).all(1) & (gain >= 1 / MAX_GAIN).all(1) & (gain <= MAX_GAIN).all(1)
+            & (bias.abs() <= MAX_BIAS).all(1))
 
 
 def _cost(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
