@@ -1,7 +1,9 @@
 """Resolution robustness on unseen procedural rooms: one checkpoint evaluated on the same fresh test rooms made at
 several sizes (mask IoU whole set and per image, depth δ<1.25 raw and after per-image scale-and-shift alignment).
 The same masks are scored again through `maskdepth.load_model().predict` with its default settings (`predict_*`:
-the bg registered first, as every user's pair is), so a difference between the two is the prediction path's.
+the bg registered first, as every user's pair is), so a difference between the two is the prediction path's. For
+weights that predict at their input's size (the shipped ones) that is the same working size; others run at their
+training size there.
 Writes benchmarks/results/procedural_sizes.json.
 
     python benchmarks/procedural_sizes.py                          # the shipped weights at 96 and 192

@@ -145,15 +145,16 @@ def _close_up(bgs, cover):
     return [np.where(mask[..., None], t, b) for b, t in zip(bgs, texture)], mask
 
 
-def test_a_foreground_filling_most_of_the_frame_is_not_taken_for_changed_light(rooms):
+def test_a_foreground_over_half_the_frame_is_not_taken_for_changed_light(rooms):
     bgs, _, _ = rooms
-    images, _ = _close_up(bgs, 0.6)
-    reg = align.register(_t(bgs), _t(images))
+    images, _ = _close_up(bgs, 0.5)  # where a median scale gave gains 0.25-0.6 off
+    gains = np.array([0.9, 1.0, 1.12])  # the light did change: only the empty scene's pixels can tell by how much
+    relit = [np.clip(b * gains, 0, 255).astype(np.uint8) for b in bgs]
+    reg = align.register(_t(relit), _t(images))
     assert float(reg.shift_px().max()) < 0.1
-    torch.testing.assert_close(reg.gain, torch.ones_like(reg.gain), atol=0.02, rtol=0)
-    torch.testing.assert_close(reg.bias, torch.zeros_like(reg.bias), atol=0.01, rtol=0)
-    # a nudged camera is still found with half the frame foreground
-    images, _ = _close_up(bgs, 0.5)
+    np.testing.assert_allclose(reg.gain.numpy(), np.broadcast_to(1 / gains, (len(bgs), 3)), atol=0.03)
+    torch.testing.assert_close(reg.bias, torch.zeros_like(reg.bias), atol=0.02, rtol=0)
+    # and a nudged camera is still found
     moves = _moves(len(bgs))
     moved = [_move(b, (dx, dy), ang) for b, (dx, dy, ang) in zip(bgs, moves)]
     reg = align.register(_t(moved), _t(images))
@@ -168,7 +169,6 @@ def test_a_frame_all_foreground_keeps_the_capture_as_it_was():
     image = torch.full_like(bg, 0.05)
     image[:, :, :4] = bg[:, :, :4]  # a sliver of the scene: 6% of the frame
     reg = align.register(bg, image)
-    assert bool(((reg.gain >= 1 / align.MAX_GAIN) & (reg.gain <= align.MAX_GAIN)).all())
-    assert float(reg.bias.abs().max()) <= align.MAX_BIAS
-    out = align.apply(bg, reg, image)
-    assert float((out - image).abs().mean()) > 0.2  # the foreground still differs from the registered bg
+    assert torch.equal(reg.motion, torch.zeros_like(reg.motion))
+    assert torch.equal(reg.gain, torch.ones_like(reg.gain)) and torch.equal(reg.bias, torch.zeros_like(reg.bias))
+    assert torch.equal(align.apply(bg, reg, image), bg)

@@ -43,10 +43,11 @@ MAX_SHIFT = 0.05  # of the frame's longer side
 MAX_TURN = math.radians(3.0)
 MAX_ZOOM = 0.05
 # The Cauchy scale comes from this quantile of the residuals, so that it is the empty scene's while a foreground
-# covers up to three quarters of the frame (the median's breaks at half); the factor gives the scale the median rule had on pure noise (3 colour channels:
-# chi-square quantiles 2.37 at 0.5, 1.21 at 0.25).
+# covers up to three quarters of the frame in principle (the median's breaks at half; in practice the fit holds
+# to about 55%); the factor gives the scale the median
+# rule had on pure noise (3 colour channels: chi-square quantiles 2.366 at 0.5, 1.213 at 0.25).
 SCALE_QUANTILE = 0.25
-SCALE_FACTOR = 2.0 * math.sqrt(2.37 / 1.21)
+SCALE_FACTOR = 2.0 * math.sqrt(2.366 / 1.213)
 # A fixed camera's exposure and white balance change the bg's colours by at most these (gain, offset in [0, 1])
 MAX_GAIN = 2.5
 MAX_BIAS = 0.25
@@ -207,9 +208,13 @@ def register(bg: torch.Tensor, image: torch.Tensor) -> Registration:
             motion = motion * torch.tensor([1.0, 1.0, side / prev_side, side / prev_side], device=device)
         motion, photo = _level(b_l, i_l, motion, photo, FINE_ITERATIONS if prev_side else COARSE_ITERATIONS)
         prev_side = side
-    # judged at the finest estimation level against the photometric fit of the unmoved bg
+    # judged at the finest estimation level against the photometric fit of the unmoved bg (refined from this fit's
+    # light where that is plausible, else from none), or the bg as captured where that fit is not plausible either
+    light_ok = _plausible_light(photo)
     still = torch.zeros_like(motion)
-    photo_still = _level(bg_s, im_s, still, photo, FINE_ITERATIONS, fix_motion=True)[1]
+    photo_still = _level(bg_s, im_s, still, torch.where(light_ok.view(-1, 1), photo, photo_identity),
+                         FINE_ITERATIONS, fix_motion=True)[1]
+    photo_still = torch.where(_plausible_light(photo_still).view(-1, 1), photo_still, photo_identity)
     fs = w / bg_s.shape[-1]  # estimation pixels -> frame pixels
     moved = _cost(bg_s, im_s, motion, photo)
     unmoved = _cost(bg_s, im_s, still, photo_still)
@@ -218,9 +223,8 @@ def register(bg: torch.Tensor, image: torch.Tensor) -> Registration:
     a, b = motion[:, 0], motion[:, 1]
     plausible = ((reg.shift_px() <= MAX_SHIFT * max(h, w)) & (torch.atan2(b, 1 + a).abs() <= MAX_TURN)
                  & ((torch.hypot(1 + a, b) - 1).abs() <= MAX_ZOOM) & (moved < unmoved)
-                 & torch.isfinite(motion).all(1) & torch.isfinite(photo).all(1))
-    keep = (plausible & _plausible_light(photo)).view(-1, 1)
-    photo_still = torch.where(_plausible_light(photo_still).view(-1, 1), photo_still, photo_identity)
+                 & torch.isfinite(motion).all(1) & light_ok)
+    keep = plausible.view(-1, 1)
     return Registration(motion=torch.where(keep, motion_full, torch.zeros_like(motion_full)),
                         gain=torch.where(keep, photo[:, :3], photo_still[:, :3]),
                         bias=torch.where(keep, photo[:, 3:], photo_still[:, 3:]), size=(h, w))
