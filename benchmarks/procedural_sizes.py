@@ -26,21 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("mask_iou", "mask_iou_per_image", "mask_boundary_f", "depth_delta1", "depth_absrel", "aligned_depth_delta1")
 
 
-def _u8(x):
-    return list((x.permute(0, 2, 3, 1) * 255).round().byte().numpy())
-
-
 def predicted_masks(ckpt: str, data: Path) -> dict[str, float]:
     """predict_mask_iou, predict_mask_iou_per_image: the test split's masks through load_model().predict."""
     import maskdepth
     from maskdepth.data.loader import make_loader
     from maskdepth.realbench import MaskScore
+    from maskdepth.viz import to_uint8
 
     predictor = maskdepth.load_model(ckpt)
     score = MaskScore()
     for batch in make_loader(data, "test", 16, None, train=False, workers=0):
-        for pred, mask in zip(predictor.predict_arrays(_u8(batch["bg"]), _u8(batch["image"]), layers=False),
-                              batch["mask"][:, 0].numpy()):
+        bgs, images = ([to_uint8(x) for x in batch[k]] for k in ("bg", "image"))
+        for pred, mask in zip(predictor.predict_arrays(bgs, images, layers=False), batch["mask"][:, 0].numpy()):
             score.add(pred.mask_prob, mask)
     out = score.result()
     return {"predict_mask_iou": out["mask_iou"], "predict_mask_iou_per_image": out["mask_iou_per_image"]}

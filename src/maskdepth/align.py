@@ -16,8 +16,8 @@ one that does not lower the robust cost, is replaced by the photometric part alo
 camera's exposure and white balance can do is sought too: gains or offsets beyond `MAX_GAIN` / `MAX_BIAS` mean
 the fit recoloured the bg into a foreground that fills the frame, so the photometric fit of the unmoved bg is used
 instead, or the bg as captured where that is beyond them too. A foreground over three quarters of the frame can
-still pass for a change of light within them. A featureless bg leaves the motion unobservable:
-the damping keeps it at zero.
+still pass for a change of light within them. A featureless bg leaves the motion unobservable: the damping keeps
+it at zero.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ MAX_TURN = math.radians(3.0)
 MAX_ZOOM = 0.05
 # The Cauchy scale comes from this quantile of the residuals, so that it is the empty scene's while a foreground
 # covers up to three quarters of the frame in principle (the median's breaks at half; in practice the fit holds
-# to about 55%); the factor gives the scale the median
-# rule had on pure noise (3 colour channels: chi-square quantiles 2.366 at 0.5, 1.213 at 0.25).
+# to about 55%); the factor gives the scale the median rule had on pure noise (3 colour channels: chi-square
+# quantiles 2.366 at 0.5, 1.213 at 0.25).
 SCALE_QUANTILE = 0.25
 SCALE_FACTOR = 2.0 * math.sqrt(2.366 / 1.213)
 # A fixed camera's exposure and white balance change the bg's colours by at most these (gain, offset in [0, 1])
