@@ -172,3 +172,24 @@ def test_a_frame_all_foreground_keeps_the_capture_as_it_was():
     assert torch.equal(reg.motion, torch.zeros_like(reg.motion))
     assert torch.equal(reg.gain, torch.ones_like(reg.gain)) and torch.equal(reg.bias, torch.zeros_like(reg.bias))
     assert torch.equal(align.apply(bg, reg, image), bg)
+
+
+def test_highlights_the_brighter_capture_clipped_are_the_pictures_not_a_change(rooms):
+    bgs, images, masks = rooms
+    # the empty scene captured 60% brighter: its highlights clipped, and the registration's gain of about 1/1.6
+    # brings them down to 0.62, below the picture's own colours there
+    bright = [np.clip(b.astype(np.float64) * 1.6, 0, 255).astype(np.uint8) for b in bgs]
+    bg, image = _t(bright), _t(images)
+    reg = align.register(bg, image)
+    np.testing.assert_allclose(reg.gain.numpy(), np.full((len(bgs), 3), 1 / 1.6), atol=0.03)
+    bounded, unbounded = align.apply(bg, reg, image), align.apply(bg, reg)
+    fg = torch.from_numpy(np.stack(masks))[:, None].expand_as(bg)
+    clipped = bg >= align.SATURATED
+    scene = clipped & ~fg
+    assert scene.float().mean() > 0.05
+    assert float((bounded - image)[scene].abs().mean()) < 0.005  # the picture: no change seen there
+    assert float((unbounded - image)[scene].abs().mean()) > 0.05
+    # a foreground darker than that bound is still a change; elsewhere the registered bg is untouched
+    dark = clipped & fg & (image < unbounded - 0.05)
+    assert dark.any() and torch.equal(bounded[dark], unbounded[dark])
+    assert torch.equal(bounded[~clipped], unbounded[~clipped])

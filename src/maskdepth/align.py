@@ -51,6 +51,9 @@ SCALE_FACTOR = 2.0 * math.sqrt(2.366 / 1.213)
 # A fixed camera's exposure and white balance change the bg's colours by at most these (gain, offset in [0, 1])
 MAX_GAIN = 2.5
 MAX_BIAS = 0.25
+# A bg pixel this bright in a channel was clipped by the sensor: the scene there was at least that bright, so the
+# recoloured value is only a lower bound on it (`apply`)
+SATURATED = 0.98
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,13 @@ def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _residual(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor,
               photo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(residual (N,C,H,W), the moved bg, which of its samples fell inside the bg) of `image` against `bg` moved by
-    `motion` and recoloured by `photo` (N,6: gains then offsets)."""
+    """(residual (N,C,H,W), the moved bg, which of its samples fell inside the bg and are clipped in neither capture)
+    of `image` against `bg` moved by `motion` and recoloured by `photo` (N,6: gains then offsets). A clipped colour
+    is only a bound on the scene's, so it says nothing about the gain: a bg captured 30% brighter clips a fifth of
+    a bright room, and fitting those pixels pulls the gain towards 1."""
     n = bg.shape[0]
     warped, inside = _warp(bg, motion)
+    inside = inside & (torch.maximum(warped, image).amax(1) < SATURATED)
     r = photo[:, :3].view(n, 3, 1, 1) * warped + photo[:, 3:].view(n, 3, 1, 1) - image
     return r, warped, inside
 
@@ -261,7 +267,14 @@ def apply(bg: torch.Tensor, reg: Registration, image: torch.Tensor | None = None
         out = bg
     else:
         out, inside = _warp(bg, motion, APPLY_MODE, margin=0.5)  # the outer pixels' own half is still seen
+    clipped = out >= SATURATED
     out = (reg.gain.to(bg.device).view(n, 3, 1, 1) * out + reg.bias.to(bg.device).view(n, 3, 1, 1)).clamp(0, 1)
-    if image is not None and inside is not None:
-        out = torch.where(inside[:, None], out, image.to(out.dtype))
+    if image is None:
+        return out
+    image = image.to(out.dtype)
+    # a bg captured brighter than the picture clipped its highlights, and the gain that maps it onto the picture
+    # darkens them below the scene's true colour: where the picture is brighter than that bound it is the scene
+    out = torch.where(clipped, torch.maximum(out, image), out)
+    if inside is not None:
+        out = torch.where(inside[:, None], out, image)
     return out
