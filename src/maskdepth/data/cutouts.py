@@ -172,8 +172,29 @@ def _wood(rng: np.random.Generator) -> TextureSpec:
                      hue=(0.03, 0.12))
 
 
+# How people are posed: standing, or seated on a chair (thighs level, shins down), on the floor with the legs out,
+# or cross-legged. A seated figure's legs lie level along the floor at its foot, where a standing one has only its
+# cast shadow: a model that has seen only standing figures reads dark trousers there as shadow.
+POSES = {"standing": 0.7, "chair": 0.12, "legs-out": 0.09, "cross-legged": 0.09}
+
+
+def _leg_angles(rng: np.random.Generator, pose: str, side: int, face: int) -> tuple[float, float]:
+    """(thigh, shin) angles (0 = straight down, > 0 towards +x) of the leg on `side`, the figure facing `face`."""
+    if pose == "chair":
+        return face * rng.uniform(1.3, 1.75), face * rng.uniform(-0.15, 0.45)
+    if pose == "legs-out":
+        a0 = face * rng.uniform(1.3, 1.65)
+        return a0, a0 + face * rng.normal(0.05, 0.12)
+    if pose == "cross-legged":  # thighs out to either side, shins folded back under the other knee
+        return side * rng.uniform(1.15, 1.5), -side * rng.uniform(1.35, 1.75)
+    a0 = side * rng.uniform(0.0, 0.3) + rng.normal(0, 0.15)
+    return a0, a0 - abs(rng.normal(0, 0.25))
+
+
 def _person(rng: np.random.Generator, height: float) -> list[_Layer]:
     h = height
+    pose = str(rng.choice(list(POSES), p=list(POSES.values())))
+    face = 1 if rng.uniform() < 0.5 else -1
     head_r = h * rng.uniform(0.058, 0.07)
     shoulder_y, hip_y = h * rng.uniform(0.79, 0.83), h * rng.uniform(0.5, 0.54)
     sw, hw = h * rng.uniform(0.09, 0.13), h * rng.uniform(0.06, 0.09)
@@ -182,7 +203,7 @@ def _person(rng: np.random.Generator, height: float) -> list[_Layer]:
     shirt, trousers, skin = _cloth(rng), _cloth(rng), _skin(rng)
     hair = _material(rng, kinds=("noise",), sat=(0.1, 0.6), val=(0.05, 0.6), hue=(0.02, 0.12))
     shoes = _material(rng, kinds=("noise",), val=(0.05, 0.5))
-    short_sleeves, skirt = rng.uniform() < 0.35, rng.uniform() < 0.2
+    short_sleeves, skirt = rng.uniform() < 0.35, pose == "standing" and rng.uniform() < 0.2
 
     def arm_polys(side):
         up = rng.uniform(1.0, 2.9) if rng.uniform() < 0.2 else rng.normal(0.15, 0.3)  # now and then raised
@@ -193,8 +214,7 @@ def _person(rng: np.random.Generator, height: float) -> list[_Layer]:
         return polys, _ellipse(*hand, h * 0.025, h * 0.03)
 
     def leg_polys(side):
-        a0 = side * rng.uniform(0.0, 0.3) + rng.normal(0, 0.15)
-        a1 = a0 - abs(rng.normal(0, 0.25))
+        a0, a1 = _leg_angles(rng, pose, side, face)
         polys, foot = _limb((side * hw * 0.55, hip_y), (a0, a1), (leg, leg), (h * 0.045, h * 0.035, h * 0.028))
         return polys, _ellipse(foot[0] + side * h * 0.02, foot[1] - h * 0.01, h * 0.05, h * 0.022)
 
