@@ -15,7 +15,9 @@ Only small motions are sought (a fixed camera, nudged); an estimate beyond `MAX_
 one that does not lower the robust cost, is replaced by the photometric part alone on the unmoved bg. Only what one
 camera's exposure and white balance can do is sought too: gains or offsets beyond `MAX_GAIN` / `MAX_BIAS` mean
 the fit recoloured the bg into a foreground that fills the frame, so the photometric fit of the unmoved bg is used
-instead, or the bg as captured where that is beyond them too. A foreground over three quarters of the frame can
+instead, or the bg as captured where that is beyond them too. A colour clipped by either capture is only a bound:
+it is left out of the fit, and where the bg's capture clipped, a picture brighter than the recoloured bound is
+taken as the scene. A foreground over three quarters of the frame can
 still pass for a change of light within them. A featureless bg leaves the motion unobservable: the damping keeps
 it at zero.
 """
