@@ -253,6 +253,13 @@ def _cost(bg: torch.Tensor, image: torch.Tensor, motion: torch.Tensor, photo: to
     return cost.sum((1, 2)) / inside.sum((1, 2)).clamp_min(1)
 
 
+def light_settings() -> dict[str, float]:
+    """The constants of the photometric fit, for the browser page's own copy of it (web/camera.html), which fits
+    the light of an unmoved bg at its working size in this many reweighted steps."""
+    return {"saturated": SATURATED, "scale_quantile": SCALE_QUANTILE, "scale_factor": SCALE_FACTOR,
+            "max_gain": MAX_GAIN, "max_bias": MAX_BIAS, "iterations": COARSE_ITERATIONS + FINE_ITERATIONS}
+
+
 def apply(bg: torch.Tensor, reg: Registration, image: torch.Tensor | None = None) -> torch.Tensor:
     """bg (N,3,H,W) in [0,1], moved and recoloured onto its picture; H x W may differ from the registration's
     frame (the motion is rescaled to it). With `image` (the pictures, the same shape), the strip at the frame's

@@ -17,6 +17,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+from maskdepth import align
 from maskdepth.errors import UserError
 from maskdepth.export import export_onnx
 from maskdepth.fileio import OutputKind, atomic_write_text, prepare_output_dir
@@ -74,7 +75,7 @@ def export_web(predictor: Predictor, out: str | os.PathLike, force: bool = False
     report = export_onnx(model, out / "model.onnx", predictor.header, check=True)
     config = {"model": predictor.model_name, "depth_unit": predictor.depth_unit,
               "train_size": list(predictor.train_size), "side_multiple": SIDE_MULTIPLE,
-              "turbo": TURBO_LUT.reshape(-1).tolist()}
+              "turbo": TURBO_LUT.reshape(-1).tolist(), "light": align.light_settings()}
     atomic_write_text(out / "config.js", f"window.MASKDEPTH_CONFIG={json.dumps(config)};\n")
     atomic_write_text(out / "ort.js", classic_script((dist / ORT_BUNDLE).read_text(encoding="utf-8")))
     atomic_write_text(out / "ort-wasm.js", _b64_script("MASKDEPTH_ORT_WASM", (dist / ORT_WASM).read_bytes()))
