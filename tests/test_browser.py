@@ -211,6 +211,8 @@ def test_static_page_runs_offline_on_the_fake_webcam(browser, scene, predictor, 
     # Y4M as limited-range video (the page's fit finds gains of about 1.16 and offsets of -0.07 against the PNG bg),
     # which the weights trained on bg light changed by at most 2% took for foreground until the page fitted it
     assert diff <= 0.02 and iou >= 0.93, (diff, iou)
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "web.png"), full_page=True)
     # the empty scene captured in other light (auto exposure and white balance): the page follows it ...
     change = np.array([0.7, 0.8, 0.9])
     Image.fromarray(np.clip(np.asarray(Image.open(folder / "bg.png")) * change, 0, 255).round().astype(np.uint8)
@@ -227,6 +229,4 @@ def test_static_page_runs_offline_on_the_fake_webcam(browser, scene, predictor, 
     diff, iou = agreement(np.asarray(unfollowed["mask"], np.float32).reshape(wh, ww), got)
     assert iou < 0.9, iou
     assert not errors
-    if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / "web.png"), full_page=True)
     context.close()
