@@ -160,6 +160,10 @@ def test_seated_people_are_shorter_and_spread_along_the_floor(monkeypatch):
         rng = np.random.default_rng(4)
         return [procedural_cutout(rng, 96, kinds=["person"]) for _ in range(12)]
 
+    def foot_width(c):  # of the bottom rows' coverage, relative to the figure's height
+        return float((c.rgba[-max(2, c.rgba.shape[0] // 12):, :, 3] > 128).any(0).mean() * c.rgba.shape[1]
+                     / c.rgba.shape[0])
+
     low, high = KINDS["person"][0]
     standing = people("standing")
     assert all(0.85 * low <= c.height_m <= 1.05 * high for c in standing)
@@ -168,7 +172,4 @@ def test_seated_people_are_shorter_and_spread_along_the_floor(monkeypatch):
         # a raised arm can reach a standing figure's height, but not most of the time
         assert np.median([c.height_m for c in seated]) < 0.85 * np.median([c.height_m for c in standing]), pose
         # the legs lie level at the foot: the bottom rows are wider than a standing figure's two feet
-        def foot_width(c):
-            return float((c.rgba[-max(2, c.rgba.shape[0] // 12):, :, 3] > 128).any(0).mean() * c.rgba.shape[1]
-                         / c.rgba.shape[0])
         assert np.median([foot_width(c) for c in seated]) > np.median([foot_width(c) for c in standing]), pose

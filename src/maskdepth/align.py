@@ -17,9 +17,8 @@ camera's exposure and white balance can do is sought too: gains or offsets beyon
 the fit recoloured the bg into a foreground that fills the frame, so the photometric fit of the unmoved bg is used
 instead, or the bg as captured where that is beyond them too. A colour clipped by either capture is only a bound:
 it is left out of the fit, and where the bg's capture clipped, a picture brighter than the recoloured bound is
-taken as the scene. A foreground over three quarters of the frame can
-still pass for a change of light within them. A featureless bg leaves the motion unobservable: the damping keeps
-it at zero.
+taken as the scene. A foreground over three quarters of the frame can still pass for a change of light within
+them. A featureless bg leaves the motion unobservable: the damping keeps it at zero.
 """
 
 from __future__ import annotations
@@ -276,7 +275,7 @@ def apply(bg: torch.Tensor, reg: Registration, image: torch.Tensor | None = None
         out = bg
     else:
         out, inside = _warp(bg, motion, APPLY_MODE, margin=0.5)  # the outer pixels' own half is still seen
-    clipped = out >= SATURATED
+    clipped = None if image is None else out >= SATURATED  # before the recolouring: the capture's own clipping
     out = (reg.gain.to(bg.device).view(n, 3, 1, 1) * out + reg.bias.to(bg.device).view(n, 3, 1, 1)).clamp(0, 1)
     if image is None:
         return out
